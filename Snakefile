@@ -1,0 +1,32 @@
+# egrpo: the E-GRPO pipeline. Entry point; rules per stage live in workflow/rules/.
+#   snakemake                       whole DAG on the embedded tiny default (config/config.yaml)
+#   snakemake -n                    list the jobs
+#   snakemake -R threshold          rerun one stage and what depends on it
+#   snakemake --configfile config/paper.yaml --profile slurm
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/profile.smk"
+include: "workflow/rules/threshold.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/report/table.csv",
+        f"{RESULTS}/report/table.md",
+        f"{RESULTS}/report/entropy_plan.png",
+        f"{RESULTS}/report/train_reward_vs_nfe.png",
+
+
+onstart:
+    shell("egrpo mlflow-init --config {CONFIG_FILE:q}")

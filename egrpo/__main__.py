@@ -1,0 +1,5 @@
+import sys
+
+from egrpo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,19 @@
+"""Algorithms are small policies over one rollout/loss code path (egrpo.train runs them all).
+
+Each answers: which steps are stochastic (SDE), how rollouts form groups, which transitions are
+trained, and what that costs in model calls. Add one by writing a subclass of
+`egrpo.algorithms.base.Algorithm` and a line here (and in the schema's enum).
+"""
+from __future__ import annotations
+
+import importlib
+
+ALGORITHMS = {
+    "egrpo": "egrpo.algorithms.egrpo:EGRPO",
+    "dancegrpo": "egrpo.algorithms.dancegrpo:DanceGRPO",
+}
+
+
+def build_algorithm(name: str, cfg: dict, plan: list[tuple[int, int]] | None = None):
+    module, cls = ALGORITHMS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg, plan)

@@ -1,0 +1,135 @@
+"""`egrpo <stage>`: one thin subcommand per pipeline stage. Parse, validate, call the stage.
+
+Every stage takes --config plus explicit input and output paths, so it runs the same by hand and
+inside Snakemake. User errors (bad config, missing files) print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="egrpo", description="E-GRPO experiment pipeline stages.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    def stage(name, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", required=True, help="YAML config (validated against the schema)")
+        return p
+
+    p = stage("build-model", "Build the tiny offline FLUX pipeline and save it (safetensors).")
+    p.add_argument("--out", required=True, help="output directory of the FluxPipeline")
+
+    p = stage("profile", "Entropy profile per denoising step: analytic and measured (csv + png).")
+    p.add_argument("--model", help="FluxPipeline directory (default: model.path)")
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-png", required=True)
+
+    p = stage("threshold", "Choose tau and the merge plan (plan.json).")
+    p.add_argument("--profile", help="entropy.csv of `egrpo profile` (needed by rule target_reward_std)")
+    p.add_argument("--out", required=True, help="plan.json to write")
+
+    p = stage("train", "GRPO training of one (algorithm, reward setting, seed).")
+    p.add_argument("--model", help="FluxPipeline directory (default: model.path)")
+    p.add_argument("--plan", help="plan.json (algorithms that use the merge plan)")
+    p.add_argument("--algorithm", required=True)
+    p.add_argument("--reward-setting", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="output directory (metrics.json, train_log.csv, checkpoint/)")
+    p.add_argument("--resume-dir", required=True, help="resume state, kept outside the outputs until success")
+
+    p = stage("evaluate", "Sample a policy on the held-out prompts and score every reward.")
+    p.add_argument("--model", help="FluxPipeline directory (default: model.path)")
+    p.add_argument("--checkpoint", help="checkpoint/ of a trained policy (omit for the base model)")
+    p.add_argument("--name", required=True, help="'base' or <algorithm>-<reward_setting>-seed<k>")
+    p.add_argument("--out", required=True, help="output directory (scores.csv, summary.json, grid.png)")
+
+    p = stage("report", "Tables and plots from the profile, plan, training and evaluation outputs.")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--plan", required=True)
+    p.add_argument("--train-metrics", nargs="*", default=[])
+    p.add_argument("--eval-summaries", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="report directory")
+
+    stage("mlflow-init", "Create the MLflow store and experiment once, before parallel jobs start.")
+    sub.add_parser("rewards", help="List the registered rewards and what each needs.")
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("transformers", "diffusers", "mlflow", "alembic", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        from diffusers.utils import logging as df_logging
+        df_logging.set_verbosity_error()
+        df_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _dispatch(args) -> None:
+    if args.command == "rewards":
+        from egrpo.rewards import REWARDS
+        for name, spec in REWARDS.items():
+            print(f"{name:24s} {spec.description}\n{'':24s} needs: {spec.needs}")
+        return
+    from egrpo.config import load
+    cfg = load(args.config)
+    if args.command == "mlflow-init":
+        from egrpo.tracking import init_store, tracking_uri
+        print(f"mlflow: experiment {cfg['experiment']} ({init_store(cfg)}) in {tracking_uri(cfg)}")
+        return
+    _quiet_libraries()
+    if args.command == "build-model":
+        from egrpo.model import run_build_model
+        run_build_model(cfg, args.out)
+    elif args.command == "profile":
+        from egrpo.profile import run_profile
+        run_profile(cfg, args.model, args.out_csv, args.out_png)
+    elif args.command == "threshold":
+        from egrpo.threshold import run_threshold
+        plan = run_threshold(cfg, args.profile, args.out)
+        logging.getLogger("egrpo").info("tau = %s, %d plan entries, skipped steps %s", plan["tau"],
+                                        len(plan["plan"]), plan["skipped"])
+    elif args.command == "train":
+        from egrpo.train import run_train
+        m = run_train(cfg, args.algorithm, args.reward_setting, args.seed, args.model, args.plan, args.out, args.resume_dir)
+        logging.getLogger("egrpo").info("final train reward %.5f, NFE %d, %.1f s", m["final_train_reward"], m["nfe_total"], m["wall_s"])
+    elif args.command == "evaluate":
+        from egrpo.evaluate import run_evaluate
+        run_evaluate(cfg, args.name, args.model, args.checkpoint, args.out)
+    elif args.command == "report":
+        from egrpo.report import run_report
+        run_report(cfg, args.profile, args.plan, args.train_metrics, args.eval_summaries, args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from egrpo.errors import UserError
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"egrpo {args.command}: %(message)s", stream=sys.stderr)
+    try:
+        _dispatch(args)
+    except UserError as e:
+        print(f"egrpo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"egrpo {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Load a YAML config, fill defaults and validate it against workflow/schemas/config.schema.yaml.
+
+The Snakefile and every `egrpo` subcommand use this module, so a bad key gives the same one-line
+error either way. Kept free of torch so that `snakemake -n` stays fast.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from egrpo.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+# Which algorithms read the merge plan (plan.json) as an input of their train job.
+ALGORITHMS_USING_PLAN = frozenset({"egrpo"})
+
+
+def _load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _with_defaults(validator_class):
+    """A jsonschema validator that writes each property's `default` into the instance."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def coerce_strings(config: Any, schema: dict | None = None, root: dict | None = None) -> Any:
+    """Turn numeric strings into numbers where the schema expects them.
+
+    Snakemake's `--config 'seeds=[0]'` hands list items and nested values over as strings;
+    this makes such overrides behave like the same values written in a YAML file.
+    """
+    root = root or schema or _load_schema()
+    schema = schema or root
+    if "$ref" in schema:
+        node = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        schema = node
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(config, str):
+        if "integer" in types and re.fullmatch(r"[+-]?\d+", config.strip()):
+            return int(config)
+        if "number" in types:
+            try:
+                return float(config)
+            except ValueError:
+                return config
+        if "null" in types and config.strip().lower() in ("null", "none", "~"):
+            return None
+        return config
+    if isinstance(config, list) and isinstance(schema.get("items"), dict):
+        return [coerce_strings(v, schema["items"], root) for v in config]
+    if isinstance(config, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, value in config.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                config[key] = coerce_strings(value, sub, root)
+    return config
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    return path or "<top level>"
+
+
+def _one_line(error: jsonschema.ValidationError) -> str:
+    msg = error.message
+    if error.validator == "additionalProperties":
+        msg = msg.replace("Additional properties are not allowed", "unknown key")
+    if error.validator == "enum":
+        msg = f"{error.instance!r} is not one of {error.validator_value}"
+    if len(msg) > 200:
+        msg = msg[:200] + "…"
+    return f"{_key_path(error)}: {msg}"
+
+
+def validate(config: dict) -> dict:
+    """Fill defaults in place, validate, check cross-field rules; raise ConfigError (one line)."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config must be a mapping, got {type(config).__name__}")
+    validator = _Validator(_load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(_one_line(best))
+    _check_semantics(config)
+    return config
+
+
+def _check_semantics(cfg: dict) -> None:
+    from egrpo.rewards import REWARDS  # light: names and metadata only
+
+    n = cfg["sampling"]["num_steps"]
+    for setting, weights in cfg["reward_settings"].items():
+        for reward in weights:
+            if reward not in REWARDS:
+                raise ConfigError(f"reward_settings.{setting}.{reward}: unknown reward; "
+                                  f"expected one of {sorted(REWARDS)}")
+    for reward in cfg["evaluate"]["metrics"]:
+        if reward not in REWARDS:
+            raise ConfigError(f"evaluate.metrics: unknown reward {reward!r}; expected one of {sorted(REWARDS)}")
+    rs = cfg["profile"]["reward_setting"]
+    if rs is not None and rs not in cfg["reward_settings"]:
+        raise ConfigError(f"profile.reward_setting: {rs!r} is not a key of reward_settings "
+                          f"({sorted(cfg['reward_settings'])})")
+    th = cfg["threshold"]
+    if th["rule"] == "fixed" and th["tau"] is None:
+        raise ConfigError("threshold.tau: rule 'fixed' needs a number")
+    if th["rule"] == "reference_step" and th["reference_step"] >= n:
+        raise ConfigError(f"threshold.reference_step: {th['reference_step']} must be < sampling.num_steps ({n})")
+    if th["max_steps"] is not None and th["max_steps"] > n:
+        raise ConfigError(f"threshold.max_steps: {th['max_steps']} must be <= sampling.num_steps ({n})")
+    if th["rule"] == "manual":
+        if not th["plan"]:
+            raise ConfigError("threshold.plan: rule 'manual' needs a non-empty list of [start, length]")
+        end = 0
+        for start, length in th["plan"]:
+            if start < end or length < 1 or start + length > n:
+                raise ConfigError(f"threshold.plan: entry [{start}, {length}] must have length >= 1, "
+                                  f"not overlap the previous one and end at or before num_steps ({n})")
+            end = start + length
+    m = cfg["model"]
+    if m["source"] == "pretrained" and not m["path"]:
+        raise ConfigError("model.path: model.source 'pretrained' needs a local path or Hub id")
+    res = cfg["sampling"]["resolution"]
+    if m["source"] == "tiny":
+        multiple = 2 ** m["tiny"]["vae_blocks"]
+        if res % multiple:
+            raise ConfigError(f"sampling.resolution: {res} must be a multiple of {multiple} "
+                              f"(2 x the VAE downsampling of model.tiny.vae_blocks)")
+        t = m["tiny"]
+        if t["head_dim"] % 4:
+            raise ConfigError("model.tiny.head_dim: must be a multiple of 4 (rotary axes)")
+
+
+def load(path: str | os.PathLike) -> dict:
+    """Read a YAML config file and validate it; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    try:
+        return validate(cfg if cfg is not None else {})
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def config_hash(cfg: Any) -> str:
+    """Short stable hash of a (sub-)config, used to name resolved configs and as rule params."""
+    blob = json.dumps(cfg, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def write_resolved(cfg: dict, directory: str | os.PathLike) -> Path:
+    """Write the validated config to <directory>/<hash>.yaml once (content-addressed) and return the path."""
+    directory = Path(directory)
+    path = directory / f"{config_hash(cfg)}.yaml"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        os.replace(tmp, path)
+    return path
+
+
+def reward_names(cfg: dict) -> list[str]:
+    """Every reward the config mentions: those of the reward settings, then evaluate.metrics."""
+    names: list[str] = []
+    for weights in cfg["reward_settings"].values():
+        names += [r for r in weights if r not in names]
+    names += [r for r in cfg["evaluate"]["metrics"] if r not in names]
+    return names
+
+
+def profile_reward_setting(cfg: dict) -> str:
+    return cfg["profile"]["reward_setting"] or next(iter(cfg["reward_settings"]))

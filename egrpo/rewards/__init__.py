@@ -1,0 +1,62 @@
+"""Reward registry: name -> how to build it. One signature for every reward:
+
+    reward = build_reward(name, cfg)
+    scores = reward(images, prompts)   # images: float [B, 3, H, W] in [0, 1]; scores: float [B]
+
+This module holds names and metadata only (no torch), so config validation and `snakemake -n`
+stay fast; the implementation is imported when a reward is built. Paper-scale rewards (HPS v2.1,
+PickScore, ImageReward, CLIP score) join this table with their loaders.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    target: str          # "module:factory"; factory(cfg) -> callable(images, prompts) -> scores
+    description: str
+    needs: str = "nothing (offline, no weights)"
+
+
+REWARDS: dict[str, RewardSpec] = {
+    "prompt_color": RewardSpec(
+        "egrpo.rewards.offline:prompt_color",
+        "share of pixels close to each colour the prompt names (rule-based, prompt-conditioned)"),
+    "jpeg_compressibility": RewardSpec(
+        "egrpo.rewards.offline:jpeg_compressibility",
+        "minus the JPEG size in kB at quality 95 (DDPO's compressibility)"),
+}
+
+
+def build_reward(name: str, cfg: dict) -> Callable:
+    if name not in REWARDS:
+        from egrpo.errors import ConfigError
+        raise ConfigError(f"unknown reward {name!r}; expected one of {sorted(REWARDS)}")
+    module, factory = REWARDS[name].target.split(":")
+    return getattr(importlib.import_module(module), factory)(cfg)
+
+
+class RewardSetting:
+    """A weighted set of rewards, e.g. {"prompt_color": 1.0, "jpeg_compressibility": 0.1}.
+
+    `components(images, prompts)` returns {reward name: scores [B]}; `weights` maps name -> weight.
+    The combined score is sum_r w_r * score_r; training normalizes each component within its group
+    before weighting (DESIGN.md §2).
+    """
+
+    def __init__(self, weights: dict[str, float], cfg: dict, cache: dict | None = None):
+        cache = {} if cache is None else cache
+        self.weights = dict(weights)
+        for name in self.weights:
+            if name not in cache:
+                cache[name] = build_reward(name, cfg)
+        self.rewards = {name: cache[name] for name in self.weights}
+
+    def components(self, images, prompts):
+        return {name: fn(images, prompts) for name, fn in self.rewards.items()}
+
+    def combine(self, components):
+        return sum(self.weights[name] * scores for name, scores in components.items())

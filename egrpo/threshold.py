@@ -1,0 +1,99 @@
+"""Stage `threshold`: choose tau (nats of analytic entropy) and merge low-entropy steps into a plan.
+
+Rules for tau (`threshold.rule`):
+    fixed              tau = threshold.tau
+    quantile           tau = quantile q of the step entropies H(i, 1), i < M
+    reference_step     tau = H(r, 1) of step r = threshold.reference_step
+    target_reward_std  tau = H(i*, 1), i* the last step whose MEASURED reward std >= the target
+    manual             the plan is threshold.plan as given (for ablations); tau is reported as null
+Merge walk over steps 0 … M-1 (M = threshold.max_steps, default N): a step with H(i,1) >= tau is
+its own SDE step; from a step below tau, the smallest k with H(i,k) >= tau and i+k <= M merges
+steps i … i+k-1 into one transition; a trailing run that cannot reach tau stays ODE ("skipped").
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from egrpo import sde
+from egrpo.errors import UserError
+from egrpo.io import atomic_write_json
+from egrpo.tracking import stage_run
+
+
+def choose_tau(cfg: dict, entropies: list[float], profile: pd.DataFrame | None) -> float | None:
+    th = cfg["threshold"]
+    limit = th["max_steps"] or len(entropies)
+    rule = th["rule"]
+    if rule == "fixed":
+        return float(th["tau"])
+    if rule == "quantile":
+        return float(np.quantile(entropies[:limit], th["quantile"]))
+    if rule == "reference_step":
+        return float(entropies[th["reference_step"]])
+    if rule == "target_reward_std":
+        if profile is None or "reward_std" not in profile:
+            raise UserError("threshold.rule: target_reward_std needs the measured profile (entropy.csv)")
+        above = profile.loc[profile["reward_std"] >= th["target_reward_std"], "step"]
+        if above.empty:
+            raise UserError(f"threshold.target_reward_std: no step has a measured reward std >= "
+                            f"{th['target_reward_std']} (max {profile['reward_std'].max():.3g}); lower the target")
+        return float(entropies[int(above.max())])
+    return None
+
+
+def merge_plan(sigmas, eta: float, tau: float, max_steps: int | None = None):
+    """Walk the steps and return (plan [(start, length, entropy)], skipped steps)."""
+    n = len(sigmas) - 1
+    limit = max_steps or n
+    plan, skipped, i = [], [], 0
+    while i < limit:
+        for k in range(1, limit - i + 1):
+            h = sde.analytic_entropy(sigmas, i, k, eta)
+            if h >= tau:
+                plan.append((i, k, h))
+                i += k
+                break
+        else:
+            skipped = list(range(i, limit))
+            break
+    return plan, skipped
+
+
+def make_plan(cfg: dict, profile: pd.DataFrame | None) -> dict:
+    sampling, th = cfg["sampling"], cfg["threshold"]
+    sigmas = sde.sigma_schedule(sampling["num_steps"], sampling["shift"])
+    eta = sampling["eta"]
+    entropies = sde.step_entropies(sigmas, eta)
+    tau = choose_tau(cfg, entropies, profile)
+    if th["rule"] == "manual":
+        entries = [(s, k, sde.analytic_entropy(sigmas, s, k, eta)) for s, k in th["plan"]]
+        covered = {i for s, k, _ in entries for i in range(s, s + k)}
+        skipped = [i for i in range(sampling["num_steps"]) if i not in covered]
+    else:
+        entries, skipped = merge_plan(sigmas, eta, tau, th["max_steps"])
+    if not entries:
+        raise UserError(f"threshold: tau = {tau:.4g} nats selects no step (max merged entropy "
+                        f"{sde.analytic_entropy(sigmas, 0, (th['max_steps'] or sampling['num_steps']), eta):.4g}); "
+                        f"lower threshold.tau / quantile or raise threshold.max_steps")
+    return {
+        "tau": tau, "rule": th["rule"],
+        "plan": [{"start": s, "length": k, "entropy": h} for s, k, h in entries],
+        "skipped": skipped,
+        "max_steps": th["max_steps"] or sampling["num_steps"],
+        "num_steps": sampling["num_steps"], "shift": sampling["shift"], "eta": eta,
+        "step_entropies": entropies,
+    }
+
+
+def run_threshold(cfg: dict, profile_csv, out_json) -> dict:
+    profile = pd.read_csv(profile_csv) if profile_csv else None
+    with stage_run(cfg, "threshold", {"rule": cfg["threshold"]["rule"]}) as (mlflow, run):
+        plan = make_plan(cfg, profile)
+        plan["mlflow_run_id"] = run.info.run_id
+        if plan["tau"] is not None:
+            mlflow.log_metric("tau", plan["tau"])
+        mlflow.log_metrics({"plan_entries": len(plan["plan"]), "skipped_steps": len(plan["skipped"])})
+        atomic_write_json(out_json, plan)
+        mlflow.log_artifact(str(out_json))
+    return plan

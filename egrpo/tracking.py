@@ -1,0 +1,61 @@
+"""MLflow: one store per workflow, one experiment per config, one run per job.
+
+The tracking URI is the user's MLFLOW_TRACKING_URI if set, else `mlflow.tracking_uri` of the
+config (default sqlite:///results/mlflow.db, relative to the working directory). The store and the
+experiment are created once (`egrpo mlflow-init`, run by the Snakefile's onstart) because several
+processes creating one SQLite store at once crash.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri(cfg: dict) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg["mlflow"]["tracking_uri"]
+
+
+def _mlflow(cfg: dict):
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def init_store(cfg: dict) -> str:
+    """Create the store and the experiment if needed; return the experiment id."""
+    mlflow = _mlflow(cfg)
+    experiment = mlflow.set_experiment(cfg["experiment"])
+    return experiment.experiment_id
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+@contextmanager
+def stage_run(cfg: dict, stage: str, tags: dict | None = None, run_id: str | None = None, run_name: str | None = None):
+    """Start (or, with run_id, resume) the MLflow run of one job; yields the mlflow module and run."""
+    mlflow = _mlflow(cfg)
+    mlflow.set_experiment(cfg["experiment"])
+    all_tags = {"stage": stage, **{k: str(v) for k, v in (tags or {}).items()}}
+    with mlflow.start_run(run_id=run_id, run_name=run_name or stage) as run:
+        if run_id is None:
+            mlflow.set_tags(all_tags)
+            mlflow.log_params(flatten(cfg))
+        yield mlflow, run

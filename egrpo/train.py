@@ -1,0 +1,283 @@
+"""The GRPO training loop, shared by every algorithm: rollout -> reward -> advantage -> PPO-clip.
+
+Randomness of iteration t is drawn from a generator seeded by (seed, t) alone, so a run resumed
+from a checkpoint draws exactly what an unbroken run draws. Resume state (weights, optimizer,
+iteration, counters, log rows, MLflow run id) lives in `resume_dir`, outside the job's declared
+outputs, because Snakemake deletes the outputs of a failed job; it is cleared after success.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from egrpo import sde
+from egrpo.algorithms import build_algorithm
+from egrpo.io import atomic_dir, atomic_write_json, atomic_write_text, load_prompts
+from egrpo.model import FlowModel, add_lora, load_pipeline, save_policy, trainable_state_dict
+from egrpo.rewards import RewardSetting
+from egrpo.tracking import stage_run
+
+log = logging.getLogger("egrpo.train")
+
+
+def iteration_generator(seed: int, iteration: int) -> torch.Generator:
+    """All randomness of one iteration: prompts, noises, subsets (a pure function of seed, t)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+
+
+@dataclass
+class ScoredGroups:
+    advantages: list[torch.Tensor]    # one [G] tensor per group
+    rewards: torch.Tensor             # combined reward of every final sample [sum of G*labels]
+    components: dict[str, torch.Tensor]
+    zero_std_ratio: float
+    nonfinite: int
+
+
+def score_groups(groups, model: FlowModel, setting: RewardSetting, prompts, adv_clip: float) -> ScoredGroups:
+    """Decode every final sample, score it, and normalize within (group, label, reward)."""
+    keys = [(gi, label) for gi, g in enumerate(groups) for label in g.finals]
+    latents = torch.cat([groups[gi].finals[label] for gi, label in keys])
+    texts = [prompts[groups[gi].prompt_index].text for gi, label in keys for _ in range(groups[gi].finals[label].shape[0])]
+    images = model.decode(latents)
+    components = {name: scores.float().cpu() for name, scores in setting.components(images, texts).items()}
+    combined = setting.combine(components)
+    advantages = [torch.zeros(g.finals[next(iter(g.finals))].shape[0]) for g in groups]
+    offset, zero_std, nonfinite = 0, 0, 0
+    for gi, label in keys:
+        size = groups[gi].finals[label].shape[0]
+        part = slice(offset, offset + size)
+        offset += size
+        for name, scores in components.items():
+            advantages[gi] += setting.weights[name] * sde.group_advantages(scores[part])
+        group_combined = combined[part]
+        finite = group_combined[torch.isfinite(group_combined)]
+        nonfinite += size - finite.numel()
+        zero_std += int(finite.numel() < 2 or float(finite.std(unbiased=False)) == 0.0)
+    advantages = [a.clamp(-adv_clip, adv_clip) for a in advantages]
+    return ScoredGroups(advantages, combined, components, zero_std / max(1, len(keys)), nonfinite)
+
+
+class Trainer:
+    def __init__(self, cfg: dict, algorithm: str, reward_setting: str, seed: int, model_dir: str | None,
+                 plan_path: str | None, out_dir: str, resume_dir: str):
+        from accelerate import Accelerator
+
+        self.cfg, self.seed = cfg, seed
+        self.algorithm_name, self.reward_setting_name = algorithm, reward_setting
+        self.tcfg = cfg["train"]
+        self.out_dir, self.resume_dir = Path(out_dir), Path(resume_dir)
+        self.prompts = load_prompts(cfg["prompts"]["train"], "prompts.train")
+        plan = None
+        if plan_path:
+            plan = [(e["start"], e["length"]) for e in json.loads(Path(plan_path).read_text())["plan"]]
+        self.algo = build_algorithm(algorithm, cfg, plan)
+        self.plan = plan
+        self.setting = RewardSetting(cfg["reward_settings"][reward_setting], cfg)
+        self.accelerator = Accelerator(mixed_precision=self.tcfg["mixed_precision"],
+                                       cpu=not torch.cuda.is_available())
+        torch.manual_seed(seed)
+        self.model = FlowModel(load_pipeline(cfg, model_dir), cfg, self.accelerator.device)
+        transformer = self.model.transformer
+        if self.tcfg["finetune"] == "lora":
+            add_lora(transformer, self.tcfg["lora_rank"], self.tcfg["lora_alpha"])
+        else:
+            transformer.requires_grad_(True)
+        self.params = [p for p in transformer.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.tcfg["learning_rate"],
+                                           weight_decay=self.tcfg["weight_decay"])
+        self.optimizer = self.accelerator.prepare(self.optimizer)
+        self.state = {"iteration": 0, "nfe_rollout": 0, "nfe_train": 0, "prompts_seen": 0,
+                      "wall_s": 0.0, "rows": [], "mlflow_run_id": None, "resumed_from": None}
+
+    # ---- resume ---------------------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.resume_dir / "state"
+
+    def save_resume(self) -> None:
+        from safetensors.torch import save_file
+
+        with atomic_dir(self.state_dir) as tmp:
+            save_file(trainable_state_dict(self.model.transformer, self.tcfg["finetune"]), str(tmp / "weights.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps(self.state))
+
+    def load_resume(self) -> bool:
+        from safetensors.torch import load_file
+
+        if not (self.state_dir / "state.json").is_file():
+            return False
+        weights = load_file(str(self.state_dir / "weights.safetensors"))
+        if self.tcfg["finetune"] == "lora":
+            from peft import set_peft_model_state_dict
+            set_peft_model_state_dict(self.model.transformer, weights)
+        else:
+            self.model.transformer.load_state_dict(weights, strict=True)
+        self.optimizer.load_state_dict(torch.load(self.state_dir / "optimizer.pt", weights_only=True))
+        self.state = json.loads((self.state_dir / "state.json").read_text())
+        self.state["resumed_from"] = self.state["iteration"]
+        log.info("resuming from iteration %d (%s)", self.state["iteration"], self.state_dir)
+        return True
+
+    # ---- one iteration -------------------------------------------------------------------------
+    def iteration(self, it: int) -> dict:
+        tcfg, model = self.tcfg, self.model
+        start = time.perf_counter()
+        generator = iteration_generator(self.seed, it)
+        prompt_ids = torch.randint(len(self.prompts), (tcfg["prompts_per_iteration"],), generator=generator).tolist()
+        nfe0 = model.nfe
+        groups, conds, expected_nfe = [], {}, 0
+        for p in prompt_ids:
+            if p not in conds:
+                conds[p] = model.encode([self.prompts[p].text])
+            prompt_groups = self.algo.rollout(model, conds[p], p, generator, it)
+            expected_nfe += self.algo.expected_rollout_nfe(prompt_groups)
+            groups += prompt_groups
+        nfe_rollout = model.nfe - nfe0
+        scored = score_groups(groups, model, self.setting, self.prompts, tcfg["adv_clip_max"])
+
+        items = [(g, t, adv) for g, adv in zip(groups, scored.advantages) for t in g.transitions]
+        nfe1 = model.nfe
+        losses, ratios, first_dev, clipped, grad_norms, skipped, dropped = [], [], [], [], [], 0, 0
+        updated = False  # |ratio - 1| is recorded only before the first optimizer step of the iteration
+        for epoch in range(tcfg["inner_epochs"]):
+            for n, (group, tr, adv) in enumerate(items):
+                keep = torch.isfinite(tr.logp_old)
+                dropped += int((~keep).sum()) if epoch == 0 else 0
+                adv_used = torch.where(keep, adv, torch.zeros_like(adv)).to(model.device)
+                logp_old = torch.where(keep, tr.logp_old, torch.zeros_like(tr.logp_old))
+                v = model.velocity(tr.x_from, float(self.algo.sigmas[tr.i]), conds[group.prompt_index])
+                mean, std = self.algo.mean_std(tr.x_from, v, self.algo.sigmas, tr.i, tr.j, self.algo.eta)
+                logp_new = sde.gaussian_log_prob(tr.x_to, mean.expand_as(tr.x_to), std)
+                logp_new = torch.where(keep, logp_new, torch.zeros_like(logp_new))
+                loss, ratio = sde.ppo_clip_loss(logp_new, logp_old, adv_used, tcfg["clip_range"])
+                if not torch.isfinite(loss):
+                    skipped += 1
+                    log.warning("iteration %d: non-finite loss, step skipped", it)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                per_entry = tcfg["optimizer_step"] == "per_entry"
+                self.accelerator.backward(loss if per_entry else loss / len(items))
+                losses.append(float(loss.detach()))
+                r = ratio.detach()[keep]
+                ratios.append(r)
+                clipped.append(((r - 1).abs() > tcfg["clip_range"]).float())
+                if not updated:
+                    first_dev.append((r - 1).abs())
+                if per_entry or n == len(items) - 1:
+                    grad_norms.append(float(self.accelerator.clip_grad_norm_(self.params, tcfg["max_grad_norm"])))
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    updated = True
+        nfe_train = model.nfe - nfe1
+        elapsed = time.perf_counter() - start
+
+        st = self.state
+        st["nfe_rollout"] += nfe_rollout
+        st["nfe_train"] += nfe_train
+        st["prompts_seen"] += len(prompt_ids)
+        st["wall_s"] += elapsed
+        cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0)
+        finite_rewards = scored.rewards[torch.isfinite(scored.rewards)]
+        row = {
+            "iteration": it + 1,
+            "reward_mean": float(finite_rewards.mean()) if finite_rewards.numel() else math.nan,
+            "reward_std": float(finite_rewards.std(unbiased=False)) if finite_rewards.numel() else math.nan,
+            **{f"reward_{k}_mean": float(v[torch.isfinite(v)].mean()) for k, v in scored.components.items()},
+            "zero_std_ratio": scored.zero_std_ratio,
+            "loss": sum(losses) / len(losses) if losses else math.nan,
+            "ratio_mean": float(cat(ratios).mean()) if ratios else math.nan,
+            "ratio_abs_dev_first": float(cat(first_dev).mean()) if first_dev else math.nan,
+            "clip_fraction": float(cat(clipped).mean()) if clipped else math.nan,
+            "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else math.nan,
+            "groups": len(groups),
+            "transitions": len(items),
+            "nfe_rollout": nfe_rollout,
+            "nfe_train": nfe_train,
+            "nfe_rollout_expected": expected_nfe,
+            "nfe_train_expected": self.algo.expected_train_nfe(groups) * tcfg["inner_epochs"],
+            "nfe_total": st["nfe_rollout"] + st["nfe_train"],
+            "forward_equivalents": st["nfe_rollout"] + 3 * st["nfe_train"],
+            "nonfinite_samples": scored.nonfinite + dropped,
+            "skipped_steps": skipped,
+            "iteration_s": elapsed,
+            "wall_s": st["wall_s"],
+        }
+        return row
+
+    # ---- the whole run --------------------------------------------------------------------------
+    def run(self) -> dict:
+        self.load_resume()
+        iterations = self.tcfg["iterations"]
+        tags = {"algorithm": self.algorithm_name, "reward_setting": self.reward_setting_name, "seed": self.seed}
+        run_name = f"train-{self.algorithm_name}-{self.reward_setting_name}-seed{self.seed}"
+        with stage_run(self.cfg, "train", tags, run_id=self.state["mlflow_run_id"], run_name=run_name) as (mlflow, run):
+            self.state["mlflow_run_id"] = run.info.run_id
+            mlflow.log_param("plan", json.dumps(self.plan)) if self.plan and self.state["resumed_from"] is None else None
+            bar = tqdm(range(self.state["iteration"], iterations), initial=self.state["iteration"], total=iterations,
+                       desc=f"train {self.algorithm_name}/{self.reward_setting_name}/seed{self.seed}", unit="it")
+            for it in bar:
+                row = self.iteration(it)
+                self.state["rows"].append(row)
+                self.state["iteration"] = it + 1
+                mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "iteration" and math.isfinite(float(v))}, step=it + 1)
+                bar.set_postfix(reward=f"{row['reward_mean']:.4f}", nfe=row["nfe_total"])
+                if (it + 1) % self.tcfg["checkpoint_every"] == 0 or it + 1 == iterations:
+                    self.save_resume()
+            metrics = self.write_outputs()
+            mlflow.log_artifact(str(self.out_dir / "metrics.json"))
+            mlflow.log_artifact(str(self.out_dir / "train_log.csv"))
+        shutil.rmtree(self.resume_dir, ignore_errors=True)
+        return metrics
+
+    def write_outputs(self) -> dict:
+        st, rows = self.state, self.state["rows"]
+        prompts_seen = max(1, st["prompts_seen"])
+        meta = {"algorithm": self.algorithm_name, "reward_setting": self.reward_setting_name, "seed": self.seed,
+                "iterations": st["iteration"], "lora_rank": self.tcfg["lora_rank"], "lora_alpha": self.tcfg["lora_alpha"]}
+        with atomic_dir(self.out_dir / "checkpoint") as tmp:
+            save_policy(self.model.transformer, self.tcfg["finetune"], tmp, meta)
+        atomic_write_text(self.out_dir / "train_log.csv", pd.DataFrame(rows).to_csv(index=False))
+        metrics = {
+            "algorithm": self.algorithm_name, "reward_setting": self.reward_setting_name, "seed": self.seed,
+            "iterations": st["iteration"],
+            "nfe_total": st["nfe_rollout"] + st["nfe_train"],
+            "nfe_rollout_total": st["nfe_rollout"], "nfe_train_total": st["nfe_train"],
+            "forward_equivalents": st["nfe_rollout"] + 3 * st["nfe_train"],
+            "nfe_per_prompt": (st["nfe_rollout"] + st["nfe_train"]) / prompts_seen,
+            "nfe_rollout_per_prompt": st["nfe_rollout"] / prompts_seen,
+            "nfe_train_per_prompt": st["nfe_train"] / prompts_seen,
+            "wall_s": st["wall_s"],
+            "final_train_reward": rows[-1]["reward_mean"] if rows else math.nan,
+            "mean_ratio_abs_dev_first": float(pd.DataFrame(rows)["ratio_abs_dev_first"].mean()) if rows else math.nan,
+            "plan": [{"start": s, "length": k} for s, k in self.plan] if self.plan else None,
+            "resumed_from_iteration": st["resumed_from"],
+            "mlflow_run_id": st["mlflow_run_id"],
+        }
+        atomic_write_json(self.out_dir / "metrics.json", metrics)
+        return metrics
+
+
+def run_train(cfg, algorithm, reward_setting, seed, model_dir, plan_path, out_dir, resume_dir) -> dict:
+    from egrpo.config import ALGORITHMS_USING_PLAN
+    from egrpo.errors import UserError
+
+    if reward_setting not in cfg["reward_settings"]:
+        raise UserError(f"--reward-setting: {reward_setting!r} is not a key of reward_settings ({sorted(cfg['reward_settings'])})")
+    if algorithm in ALGORITHMS_USING_PLAN and not plan_path:
+        raise UserError(f"--plan: algorithm {algorithm} needs the merge plan (plan.json from `egrpo threshold`)")
+    if plan_path and not Path(plan_path).is_file():
+        raise UserError(f"--plan: file not found: {plan_path}")
+    trainer = Trainer(cfg, algorithm, reward_setting, seed, model_dir,
+                      plan_path if algorithm in ALGORITHMS_USING_PLAN else None, out_dir, resume_dir)
+    return trainer.run()

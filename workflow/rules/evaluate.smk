@@ -1,0 +1,35 @@
+def evaluate_inputs(wildcards):
+    inputs = {"model": model_input(), "prompts": config["prompts"]["eval"]}
+    if wildcards.name != "base":
+        algorithm, reward_setting, seed = wildcards.name.rsplit("-", 2)
+        run = train_dir(algorithm, reward_setting, seed.removeprefix("seed"))
+        inputs["checkpoint"] = f"{run}/checkpoint"
+        inputs["metrics"] = f"{run}/metrics.json"
+    return inputs
+
+
+rule evaluate:
+    """Held-out prompts, fixed seeds, every reward of the config: base model or a trained policy."""
+    input:
+        unpack(evaluate_inputs),
+    output:
+        scores=f"{RESULTS}/eval/{{name}}/scores.csv",
+        summary=f"{RESULTS}/eval/{{name}}/summary.json",
+        grid=report(f"{RESULTS}/eval/{{name}}/grid.png", category="Image grids", subcategory="{name}"),
+    params:
+        cfg=stage_hash("model", "sampling", "evaluate", extra=reward_names(config)),
+        model=MODEL_DIR,
+        checkpoint=lambda w, input: f"--checkpoint {input.checkpoint}" if "checkpoint" in input.keys() else "",
+        out=lambda w: f"{RESULTS}/eval/{w.name}",
+    log:
+        f"{LOGS}/evaluate/{{name}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/{{name}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=0,
+    shell:
+        "OMP_NUM_THREADS={threads} egrpo evaluate --config {CONFIG_FILE:q} --model {params.model:q}"
+        " {params.checkpoint} --name {wildcards.name} --out {params.out:q} 2> {log:q}"

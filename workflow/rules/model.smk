@@ -1,0 +1,19 @@
+rule build_model:
+    """Build the tiny offline FLUX (real diffusers classes, random weights) and save it."""
+    input:
+        train=config["prompts"]["train"],
+        eval=config["prompts"]["eval"],
+    output:
+        directory(f"{RESULTS}/model"),
+    params:
+        cfg=stage_hash("model", extra=config["sampling"]["shift"]),
+    log:
+        f"{LOGS}/build_model.log",
+    benchmark:
+        f"{BENCH}/build_model.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "OMP_NUM_THREADS={threads} egrpo build-model --config {CONFIG_FILE:q} --out {output:q} 2> {log:q}"

@@ -1,0 +1,23 @@
+rule profile:
+    """Entropy profile: analytic H(i,1) and measured branch spread / reward std per step."""
+    input:
+        model=model_input,
+        prompts=config["prompts"]["train"],
+    output:
+        csv=f"{RESULTS}/profile/entropy.csv",
+        png=report(f"{RESULTS}/profile/entropy.png", category="Entropy profile"),
+    params:
+        cfg=stage_hash("model", "sampling", "profile", extra=config["reward_settings"][PROFILE_SETTING]),
+        model=MODEL_DIR,
+    log:
+        f"{LOGS}/profile.log",
+    benchmark:
+        f"{BENCH}/profile.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=0,
+    shell:
+        "OMP_NUM_THREADS={threads} egrpo profile --config {CONFIG_FILE:q} --model {params.model:q}"
+        " --out-csv {output.csv:q} --out-png {output.png:q} 2> {log:q}"

@@ -1,0 +1,26 @@
+rule report:
+    """Paper-style table (mean ± std over seeds, NFE) and the plots."""
+    input:
+        profile=f"{RESULTS}/profile/entropy.csv",
+        plan=f"{RESULTS}/plan/plan.json",
+        train=[f"{train_dir(a, r, s)}/metrics.json" for a, r, s in train_runs()],
+        evals=[f"{RESULTS}/eval/{n}/summary.json" for n in policy_names()],
+    output:
+        table=report(f"{RESULTS}/report/table.csv", category="Tables"),
+        markdown=f"{RESULTS}/report/table.md",
+        entropy=report(f"{RESULTS}/report/entropy_plan.png", category="Entropy profile"),
+        curves=report(f"{RESULTS}/report/train_reward_vs_nfe.png", category="Training"),
+    params:
+        cfg=stage_hash(extra=reward_names(config)),
+        out=f"{RESULTS}/report",
+    log:
+        f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCH}/report.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "egrpo report --config {CONFIG_FILE:q} --profile {input.profile:q} --plan {input.plan:q}"
+        " --train-metrics {input.train:q} --eval-summaries {input.evals:q} --out {params.out:q} 2> {log:q}"

@@ -1,0 +1,36 @@
+def train_inputs(wildcards):
+    """Only algorithms that use the merge plan depend on it: rerunning threshold keeps baselines."""
+    inputs = {"model": model_input(), "prompts": config["prompts"]["train"]}
+    if wildcards.algorithm in ALGORITHMS_USING_PLAN:
+        inputs["plan"] = f"{RESULTS}/plan/plan.json"
+    return inputs
+
+
+rule train:
+    """GRPO training of one (algorithm, reward setting, seed); resume state outside the outputs."""
+    input:
+        unpack(train_inputs),
+    output:
+        metrics=f"{RESULTS}/train/{{algorithm}}/{{reward_setting}}/seed{{seed}}/metrics.json",
+        log_csv=f"{RESULTS}/train/{{algorithm}}/{{reward_setting}}/seed{{seed}}/train_log.csv",
+        checkpoint=directory(f"{RESULTS}/train/{{algorithm}}/{{reward_setting}}/seed{{seed}}/checkpoint"),
+    params:
+        cfg=lambda w: stage_hash("model", "sampling", "train",
+                                 extra=[config["algorithm_params"].get(w.algorithm), config["reward_settings"][w.reward_setting]]),
+        model=MODEL_DIR,
+        plan=lambda w, input: f"--plan {input.plan}" if "plan" in input.keys() else "",
+        out=lambda w: train_dir(w.algorithm, w.reward_setting, w.seed),
+        resume=lambda w: f"{RESULTS}/resume/{w.algorithm}/{w.reward_setting}/seed{w.seed}",
+    log:
+        f"{LOGS}/train/{{algorithm}}/{{reward_setting}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/train/{{algorithm}}/{{reward_setting}}/seed{{seed}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+        gpu=0,
+    shell:
+        "OMP_NUM_THREADS={threads} egrpo train --config {CONFIG_FILE:q} --model {params.model:q} {params.plan}"
+        " --algorithm {wildcards.algorithm} --reward-setting {wildcards.reward_setting} --seed {wildcards.seed}"
+        " --out {params.out:q} --resume-dir {params.resume:q} 2> {log:q}"
