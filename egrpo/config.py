@@ -125,6 +125,9 @@ def _check_semantics(cfg: dict) -> None:
     for reward in cfg["evaluate"]["metrics"]:
         if reward not in REWARDS:
             raise ConfigError(f"evaluate.metrics: unknown reward {reward!r}; expected one of {sorted(REWARDS)}")
+    for reward in reward_names(cfg):
+        if "path" in REWARDS[reward].needs and reward not in cfg["reward_models"]:
+            raise ConfigError(f"reward_models.{reward}: reward {reward!r} needs {REWARDS[reward].needs}")
     rs = cfg["profile"]["reward_setting"]
     if rs is not None and rs not in cfg["reward_settings"]:
         raise ConfigError(f"profile.reward_setting: {rs!r} is not a key of reward_settings "

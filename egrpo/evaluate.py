@@ -67,12 +67,12 @@ def run_evaluate(cfg: dict, name: str, model_dir, checkpoint, out_dir) -> dict:
     if name != "base":
         algorithm, reward_setting, seed = name.rsplit("-", 2)
         tags.update(algorithm=algorithm, reward_setting=reward_setting, seed=seed.removeprefix("seed"))
+    pipe = load_pipeline(cfg, model_dir)
+    if checkpoint:
+        load_policy(pipe.transformer, checkpoint)
+    model = FlowModel(pipe, cfg)
+    rewards = {r: build_reward(r, cfg) for r in names}
     with stage_run(cfg, "evaluate", tags, run_name=f"evaluate-{name}") as (mlflow, run):
-        pipe = load_pipeline(cfg, model_dir)
-        if checkpoint:
-            load_policy(pipe.transformer, checkpoint)
-        model = FlowModel(pipe, cfg)
-        rewards = {r: build_reward(r, cfg) for r in names}
         rows, grid = [], []
         for p, m, s, image in sample_images(model, prompts, num_steps, cfg["sampling"]["shift"],
                                             ecfg["images_per_prompt"], ecfg["seed"]):

@@ -234,6 +234,7 @@ class Trainer:
                 bar.set_postfix(reward=f"{row['reward_mean']:.4f}", nfe=row["nfe_total"])
                 if (it + 1) % self.tcfg["checkpoint_every"] == 0 or it + 1 == iterations:
                     self.save_resume()
+                _fault_injection(it + 1)
             metrics = self.write_outputs()
             mlflow.log_artifact(str(self.out_dir / "metrics.json"))
             mlflow.log_artifact(str(self.out_dir / "train_log.csv"))
@@ -266,6 +267,15 @@ class Trainer:
         }
         atomic_write_json(self.out_dir / "metrics.json", metrics)
         return metrics
+
+
+def _fault_injection(done: int) -> None:
+    """Tests set EGRPO_KILL_AFTER_ITERATION=k to SIGKILL this process after iteration k."""
+    import os
+    import signal
+
+    if os.environ.get("EGRPO_KILL_AFTER_ITERATION") == str(done):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_train(cfg, algorithm, reward_setting, seed, model_dir, plan_path, out_dir, resume_dir) -> dict:

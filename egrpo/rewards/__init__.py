@@ -28,6 +28,14 @@ REWARDS: dict[str, RewardSpec] = {
     "jpeg_compressibility": RewardSpec(
         "egrpo.rewards.offline:jpeg_compressibility",
         "minus the JPEG size in kB at quality 95 (DDPO's compressibility)"),
+    "clip": RewardSpec(
+        "egrpo.rewards.clip:clip_score",
+        "CLIP score: cosine of image and prompt embeddings (transformers CLIPModel, e.g. ViT-H-14)",
+        "reward_models.clip.path: a CLIPModel directory or cached Hub id"),
+    "pickscore": RewardSpec(
+        "egrpo.rewards.clip:pickscore",
+        "PickScore: logit_scale * cosine of the PickScore_v1 CLIPModel",
+        "reward_models.pickscore.path (PickScore_v1) and .processor (CLIP-ViT-H-14 processor)"),
 }
 
 

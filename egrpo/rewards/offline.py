@@ -36,7 +36,8 @@ def color_coverage(images: torch.Tensor, rgb: tuple[float, float, float], width:
 
 
 def prompt_color(cfg: dict):
-    """Score = mean over the colours a prompt names of their pixel coverage; 0 if it names none."""
+    """Score = geometric mean over the colours a prompt names of their pixel coverage (each colour
+    must be present: a red-only image scores ~0 for "a red circle on blue"); 0 if it names none."""
 
     def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         images = images.float().clamp(0, 1)
@@ -44,7 +45,8 @@ def prompt_color(cfg: dict):
         for b, prompt in enumerate(prompts):
             names = prompt_colors(prompt)
             if names:
-                scores[b] = torch.stack([color_coverage(images[b:b + 1], COLORS[c])[0] for c in names]).mean()
+                coverage = torch.stack([color_coverage(images[b:b + 1], COLORS[c])[0] for c in names])
+                scores[b] = torch.exp(torch.log(coverage + 1e-4).mean()) - 1e-4
         return scores
 
     return reward

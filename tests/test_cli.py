@@ -1,0 +1,60 @@
+"""The CLI: --help for every stage, one-line errors without a traceback for user mistakes."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import micro_config
+
+STAGES = ["build-model", "profile", "threshold", "train", "evaluate", "report", "mlflow-init"]
+
+
+def egrpo(*args):
+    return subprocess.run([sys.executable, "-m", "egrpo", *args], capture_output=True, text=True)
+
+
+def test_every_stage_has_help():
+    for stage in STAGES:
+        result = egrpo(stage, "--help")
+        assert result.returncode == 0 and "--config" in result.stdout, stage
+
+
+def test_rewards_lists_the_registry():
+    result = egrpo("rewards")
+    assert result.returncode == 0
+    assert "prompt_color" in result.stdout and "jpeg_compressibility" in result.stdout and "needs:" in result.stdout
+
+
+def one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = [l for l in result.stderr.splitlines() if "error" in l]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_bad_config_is_one_line(tmp_path):
+    cfg = micro_config(tmp_path)
+    cfg["sampling"]["eta"] = -1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    one_line_error(egrpo("threshold", "--config", str(path), "--out", str(tmp_path / "p.json")), "sampling.eta")
+
+
+def test_missing_inputs_are_one_line(tmp_path, tiny_model_dir):
+    cfg = micro_config(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    one_line_error(egrpo("profile", "--config", str(path), "--model", str(tmp_path / "missing"),
+                         "--out-csv", str(tmp_path / "e.csv"), "--out-png", str(tmp_path / "e.png")), "model.path")
+    one_line_error(egrpo("train", "--config", str(path), "--model", str(tiny_model_dir), "--algorithm", "egrpo",
+                         "--reward-setting", "color", "--seed", "0", "--out", str(tmp_path / "o"),
+                         "--resume-dir", str(tmp_path / "r")), "--plan")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    cfg["prompts"]["eval"] = str(empty)
+    path.write_text(yaml.safe_dump(cfg))
+    one_line_error(egrpo("evaluate", "--config", str(path), "--model", str(tiny_model_dir), "--name", "base",
+                         "--out", str(tmp_path / "ev")), "prompts.eval", "no prompts")
+    assert not (tmp_path / "ev" / "summary.json").exists()

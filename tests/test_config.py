@@ -1,0 +1,84 @@
+"""Config validation: defaults, overrides, and one-line errors that name the key."""
+import copy
+
+import pytest
+
+from conftest import micro_config
+from egrpo.config import coerce_strings, load, validate
+from egrpo.errors import ConfigError
+
+
+def test_shipped_configs_validate_and_fill_defaults(tmp_path):
+    cfg = load("config/config.yaml")
+    assert cfg["algorithms"] == ["egrpo", "dancegrpo"] and len(cfg["reward_settings"]) == 2
+    cfg = validate(micro_config(tmp_path))
+    assert cfg["threshold"]["max_steps"] is None
+    assert cfg["algorithm_params"]["egrpo"]["granular_list"] == [1]
+    assert cfg["evaluate"]["seed"] == 1234
+
+
+BAD = [
+    ({"sampling": {"group_size": 1}}, "sampling.group_size"),
+    ({"sampling": {"eta": -0.1}}, "sampling.eta"),
+    ({"sampling": {"num_steps": 0}}, "sampling.num_steps"),
+    ({"sampling": {"resolution": 18}}, "sampling.resolution"),
+    ({"algorithms": ["egrpo", "nope"]}, "algorithms.1"),
+    ({"reward_settings": {"x": {"no_such_reward": 1.0}}}, "reward_settings.x.no_such_reward"),
+    ({"reward_settings": {"bad-name": {"prompt_color": 1.0}}}, "reward_settings"),
+    ({"seeds": []}, "seeds"),
+    ({"train": {"iterations": "many"}}, "train.iterations"),
+    ({"trian": {}}, "unknown key"),
+    ({"threshold": {"rule": "fixed"}}, "threshold.tau"),
+    ({"threshold": {"rule": "manual", "plan": [[0, 2], [1, 1]]}}, "threshold.plan"),
+    ({"threshold": {"reference_step": 4}}, None),  # valid: 4 >= N only matters for that rule
+    ({"threshold": {"rule": "reference_step", "reference_step": 4}}, "threshold.reference_step"),
+    ({"model": {"source": "pretrained"}}, "model.path"),
+    ({"profile": {"reward_setting": "missing"}}, "profile.reward_setting"),
+]
+
+
+@pytest.mark.parametrize("override,key", BAD)
+def test_bad_configs_give_one_line_errors(tmp_path, override, key):
+    cfg = micro_config(tmp_path)
+    for section, value in override.items():
+        if isinstance(value, dict) and isinstance(cfg.get(section), dict) and section != "reward_settings":
+            cfg[section].update(value)
+        else:
+            cfg[section] = value
+    if key is None:
+        validate(cfg)
+        return
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    assert key in message and "\n" not in message
+
+
+def test_missing_required_key(tmp_path):
+    cfg = micro_config(tmp_path)
+    del cfg["seeds"]
+    with pytest.raises(ConfigError, match="'seeds' is a required property"):
+        validate(cfg)
+
+
+def test_coerce_strings_from_snakemake_overrides(tmp_path):
+    cfg = micro_config(tmp_path)
+    cfg["seeds"] = ["0", "3"]
+    cfg["sampling"]["group_size"] = "4"
+    cfg["sampling"]["eta"] = "0.5"
+    cfg["threshold"]["max_steps"] = "null"
+    cfg["reward_settings"]["color"]["prompt_color"] = "2"
+    coerce_strings(cfg)
+    validate(cfg)
+    assert cfg["seeds"] == [0, 3] and cfg["sampling"]["group_size"] == 4 and cfg["sampling"]["eta"] == 0.5
+    assert cfg["threshold"]["max_steps"] is None and cfg["reward_settings"]["color"]["prompt_color"] == 2.0
+    assert cfg["experiment"] == "micro"
+
+
+def test_load_reports_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(bad)

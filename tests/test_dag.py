@@ -1,0 +1,113 @@
+"""The whole DAG through Snakemake on the micro config, in a temporary copy of the workflow."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+RES = Path("results/micro")
+EXPECTED_JOBS = {"build_model": 1, "profile": 1, "threshold": 1, "train": 2, "evaluate": 3, "report": 1}
+
+
+def snakemake(workdir, *args):
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tests/data/micro.yaml",
+                           *args], cwd=workdir, capture_output=True, text=True)
+
+
+def job_counts(output: str) -> dict:
+    counts, in_table = {}, False
+    for line in output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+            elif line.strip() and not line.startswith("-"):
+                in_table = False
+    counts.pop("all", None)
+    counts.pop("total", None)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    """A copy of the workflow, run once to completion."""
+    work = tmp_path_factory.mktemp("wf")
+    for item in ("Snakefile", "workflow", "config", "profiles"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
+    (work / "tests").mkdir()
+    shutil.copytree(ROOT / "tests/data", work / "tests/data")
+    dry = snakemake(work, "-n")
+    assert dry.returncode == 0, dry.stderr
+    assert job_counts(dry.stdout + dry.stderr) == EXPECTED_JOBS
+    run = snakemake(work)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return work
+
+
+def test_every_output_exists(workflow):
+    r = workflow / RES
+    for path in ["model/model_index.json", "profile/entropy.csv", "profile/entropy.png", "plan/plan.json",
+                 "report/table.csv", "report/table.md", "report/entropy_plan.png", "report/train_reward_vs_nfe.png"]:
+        assert (r / path).is_file(), path
+    for algorithm in ("egrpo", "dancegrpo"):
+        run = r / f"train/{algorithm}/color/seed0"
+        metrics = json.loads((run / "metrics.json").read_text())
+        for key in ("algorithm", "reward_setting", "seed", "iterations", "nfe_total", "nfe_per_prompt", "wall_s",
+                    "final_train_reward", "mlflow_run_id"):
+            assert key in metrics, key
+        assert (run / "train_log.csv").is_file() and (run / "checkpoint/meta.json").is_file()
+        for f in ("scores.csv", "summary.json", "grid.png"):
+            assert (r / f"eval/{algorithm}-color-seed0/{f}").is_file()
+    assert (r / "eval/base/summary.json").is_file()
+    plan = json.loads((r / "plan/plan.json").read_text())
+    assert set(plan) >= {"tau", "rule", "plan"} and all(set(e) == {"start", "length", "entropy"} for e in plan["plan"])
+    table = (r / "report/table.md").read_text()
+    assert "egrpo" in table and "dancegrpo" in table and "base" in table
+    assert not (r / "resume").exists() or not any((r / "resume").rglob("state.json"))
+
+
+def test_one_mlflow_run_per_job(workflow):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workflow / 'results/mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["micro"])
+    stages = runs["tags.stage"].value_counts().to_dict()
+    assert stages == {"profile": 1, "threshold": 1, "train": 2, "evaluate": 3, "report": 1}
+    train = runs[runs["tags.stage"] == "train"]
+    assert set(train["tags.algorithm"]) == {"egrpo", "dancegrpo"}
+    assert set(train["tags.reward_setting"]) == {"color"} and set(train["tags.seed"]) == {"0"}
+    assert (train["status"] == "FINISHED").all()
+    assert train["metrics.nfe_total"].notna().all() and train["params.sampling.num_steps"].eq("4").all()
+    ids = {json.loads((workflow / RES / f"train/{a}/color/seed0/metrics.json").read_text())["mlflow_run_id"]
+           for a in ("egrpo", "dancegrpo")}
+    assert ids == set(train["run_id"])
+
+
+def test_noop_rerun_and_forced_stage_rerun(workflow):
+    again = snakemake(workflow, "-n")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    dance = workflow / RES / "train/dancegrpo/color/seed0/metrics.json"
+    egrpo = workflow / RES / "train/egrpo/color/seed0/metrics.json"
+    before = dance.stat().st_mtime_ns, egrpo.stat().st_mtime_ns
+    forced = snakemake(workflow, "-R", "threshold")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert job_counts(forced.stdout + forced.stderr) == {"threshold": 1, "train": 1, "evaluate": 1, "report": 1}
+    assert dance.stat().st_mtime_ns == before[0], "baselines do not depend on the plan"
+    assert egrpo.stat().st_mtime_ns != before[1]
+
+
+def test_bad_config_override_is_one_line(workflow):
+    bad = snakemake(workflow, "-n", "--config", "sampling={\"group_size\": 1}")
+    assert bad.returncode != 0
+    errors = [l for l in bad.stderr.splitlines() if "config error" in l]
+    assert errors == ["egrpo: config error: sampling.group_size: 1 is less than the minimum of 2"]
+    assert "Traceback" not in bad.stderr

@@ -1,0 +1,132 @@
+"""Rollouts and algorithms: the two traps of the reference code, and NFE against the formulas."""
+import math
+
+import pytest
+import torch
+
+from egrpo import sde
+from egrpo.algorithms import build_algorithm
+from egrpo.rollout import branch, ode_grid, ode_suffix_calls
+
+
+class RecordingModel:
+    """A stand-in FlowModel: v = -x + sigma; records (sigma, batch) of every call and counts NFE."""
+
+    def __init__(self, tokens=3, channels=4):
+        self.calls, self.nfe = [], 0
+        self.tokens, self.channels = tokens, channels
+
+    def velocity(self, x, sigma, cond):
+        self.calls.append((round(float(sigma), 10), x.shape[0]))
+        self.nfe += x.shape[0]
+        return -x + sigma
+
+    def initial_noise(self, n, generator):
+        return torch.randn(n, self.tokens, self.channels, generator=generator)
+
+
+class Cond:
+    def expand(self, n):
+        return self
+
+
+def cfg_for(n=8, g=4, **params):
+    from egrpo.config import validate
+    cfg = {"experiment": "t", "algorithms": ["egrpo", "dancegrpo"], "seeds": [0],
+           "reward_settings": {"c": {"prompt_color": 1.0}}, "prompts": {"train": "x", "eval": "y"},
+           "sampling": {"num_steps": n, "group_size": g, "resolution": 16}, "algorithm_params": params}
+    return validate(cfg)
+
+
+def test_branch_members_draw_distinct_noise_from_one_shared_state():
+    sigmas = sde.sigma_schedule(8, 3.0)
+    model = RecordingModel()
+    x_s = torch.randn(1, 3, 4)
+    v_s = model.velocity(x_s, float(sigmas[2]), None)
+    model.calls.clear(); model.nfe = 0
+    noise = torch.randn(5, 3, 4, generator=torch.Generator().manual_seed(0))
+    x_next, logp, finals = branch(model.velocity, x_s, v_s, Cond(), sigmas, 2, 1, noise, 0.7)
+    assert x_next.shape == (5, 3, 4) and logp.shape == (5,)
+    assert torch.unique(x_next.flatten(1), dim=0).shape[0] == 5, "every member has its own sample"
+    mean, std = sde.sde_mean_std(x_s, v_s, sigmas, 2, 3, 0.7)
+    torch.testing.assert_close(x_next, mean + std * noise)
+    torch.testing.assert_close(logp, sde.gaussian_log_prob(x_next, mean.expand(5, -1, -1), std))
+    # v(x_s) is not recomputed: the first call of the branch is already at sigma_3, batched over G
+    assert model.calls[0] == (round(float(sigmas[3]), 10), 5)
+    assert all(batch == 5 for _, batch in model.calls)
+
+
+@pytest.mark.parametrize("s,k,stride", [(2, 1, 1), (8, 4, 1), (8, 3, 2), (0, 5, 3), (12, 4, 1)])
+def test_ode_continues_at_s_plus_k_with_exact_sigmas(s, k, stride):
+    n = 16
+    sigmas = sde.sigma_schedule(n, 3.0)
+    model = RecordingModel()
+    x_s = torch.randn(1, 3, 4)
+    branch(model.velocity, x_s, -x_s, Cond(), sigmas, s, k, torch.randn(2, 3, 4), 0.7, strides=(stride,))
+    grid = ode_grid(s + k, n, stride)
+    assert grid[0] == s + k and grid[-1] == n
+    assert [c[0] for c in model.calls] == [round(float(sigmas[i]), 10) for i in grid[:-1]]
+    assert len(model.calls) == ode_suffix_calls(s + k, n, stride) == math.ceil((n - s - k) / stride)
+
+
+def test_egrpo_rollout_nfe_matches_formula_with_granularities():
+    n, g = 16, 6
+    cfg = cfg_for(n, g, egrpo={"granular_list": [1, 2, 3]})
+    plan = [(0, 1), (1, 1), (5, 1), (8, 2), (10, 3)]
+    algo = build_algorithm("egrpo", cfg, plan)
+    model = RecordingModel()
+    groups = algo.rollout(model, Cond(), 0, torch.Generator().manual_seed(0), 0)
+    formula = (10 + 1) + sum(g * math.ceil((n - s - k) / stride) for s, k in plan for stride in (1, 2, 3))
+    assert model.nfe == formula == algo.expected_rollout_nfe(groups)
+    assert len(groups) == len(plan)
+    for group, (s, k) in zip(groups, plan):
+        (tr,) = group.transitions
+        assert (tr.i, tr.j) == (s, s + k)
+        assert tr.x_from.shape[0] == 1 and tr.x_to.shape[0] == g
+        assert set(group.finals) == {"g1", "g2", "g3"}
+    # training: one forward+backward per plan entry
+    assert algo.expected_train_nfe(groups) == len(plan)
+
+
+def test_egrpo_anchor_is_shared_by_all_entries():
+    cfg = cfg_for(8, 3)
+    algo = build_algorithm("egrpo", cfg, [(0, 1), (3, 2)])
+    groups = algo.rollout(RecordingModel(), Cond(), 0, torch.Generator().manual_seed(1), 0)
+    # x_3 of the anchor is the ODE of x_0: reproduce it
+    x0 = groups[0].transitions[0].x_from
+    sigmas = algo.sigmas
+    x = x0
+    for i in range(3):
+        x = sde.ode_step(x, -x + float(sigmas[i]), sigmas, i, i + 1)
+    torch.testing.assert_close(groups[1].transitions[0].x_from, x)
+
+
+def test_egrpo_entries_per_iteration_subsets_the_plan():
+    cfg = cfg_for(8, 2, egrpo={"entries_per_iteration": 2})
+    algo = build_algorithm("egrpo", cfg, [(0, 1), (1, 1), (2, 1), (3, 2)])
+    picks = {tuple(algo.entries_for(torch.Generator().manual_seed(s))) for s in range(20)}
+    assert all(len(p) == 2 for p in picks) and len(picks) > 1
+
+
+def test_dancegrpo_rollout_and_train_nfe():
+    n, g = 16, 12
+    cfg = cfg_for(n, g, dancegrpo={"timestep_fraction": 0.5})
+    algo = build_algorithm("dancegrpo", cfg)
+    model = RecordingModel()
+    groups = algo.rollout(model, Cond(), 0, torch.Generator().manual_seed(0), 0)
+    assert model.nfe == g * n == algo.expected_rollout_nfe(groups)
+    (group,) = groups
+    assert len(group.transitions) == 8
+    assert algo.expected_train_nfe(groups) == g * 8
+    for tr in group.transitions:
+        assert tr.j == tr.i + 1 and tr.x_from.shape[0] == g
+        # the stored log-prob is that of the stored transition under the rollout velocity
+        v = -tr.x_from + float(algo.sigmas[tr.i])
+        mean, std = algo.mean_std(tr.x_from, v, algo.sigmas, tr.i, tr.j, algo.eta)
+        torch.testing.assert_close(tr.logp_old, sde.gaussian_log_prob(tr.x_to, mean, std))
+
+
+def test_dancegrpo_own_sde_option():
+    cfg = cfg_for(8, 2, dancegrpo={"sde": "dance", "eta": 0.3})
+    algo = build_algorithm("dancegrpo", cfg)
+    assert algo.mean_std is sde.dance_mean_std and algo.eta == 0.3
