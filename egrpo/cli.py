@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="output directory (metrics.json, train_log.csv, checkpoint/)")
     p.add_argument("--resume-dir", required=True, help="resume state, kept outside the outputs until success")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="GPUs of the job; with more than one, re-run under `accelerate launch`, one process per GPU")
 
     p = stage("evaluate", "Sample a policy on the held-out prompts and score every reward.")
     p.add_argument("--model", help="FluxPipeline directory (default: model.path)")
@@ -79,6 +81,22 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _relaunch_with_accelerate(gpus: int) -> None:
+    """Replace this process by `accelerate launch` with one process per GPU (data parallel)."""
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            argv.append(arg)
+    command = ["accelerate", "launch", "--multi_gpu", "--num_machines", "1", "--num_processes", str(gpus),
+               "-m", "egrpo", *argv]
+    logging.getLogger("egrpo").info("launching: %s", " ".join(command))
+    os.execvp(command[0], command)
+
+
 def _dispatch(args) -> None:
     if args.command == "rewards":
         from egrpo.rewards import REWARDS
@@ -104,9 +122,12 @@ def _dispatch(args) -> None:
         logging.getLogger("egrpo").info("tau = %s, %d plan entries, skipped steps %s", plan["tau"],
                                         len(plan["plan"]), plan["skipped"])
     elif args.command == "train":
+        if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
+            _relaunch_with_accelerate(args.gpus)
         from egrpo.train import run_train
         m = run_train(cfg, args.algorithm, args.reward_setting, args.seed, args.model, args.plan, args.out, args.resume_dir)
-        logging.getLogger("egrpo").info("final train reward %.5f, NFE %d, %.1f s", m["final_train_reward"], m["nfe_total"], m["wall_s"])
+        if m is not None:  # the main process of a multi-process run, or a single process
+            logging.getLogger("egrpo").info("final train reward %.5f, NFE %d, %.1f s", m["final_train_reward"], m["nfe_total"], m["wall_s"])
     elif args.command == "evaluate":
         from egrpo.evaluate import run_evaluate
         run_evaluate(cfg, args.name, args.model, args.checkpoint, args.out)

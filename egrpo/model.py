@@ -161,7 +161,10 @@ class FlowModel:
         self.num_tokens = (self.latent_hw // 2) ** 2
         self.img_ids = pipe._prepare_latent_image_ids(1, self.latent_hw // 2, self.latent_hw // 2,
                                                       self.device, self.transformer.dtype)
-        self.nfe = 0
+        self.net = self.transformer      # what is called: the transformer, or its DDP wrapper
+        self.reference = None            # frozen copy for KL under full fine-tuning (else: adapter off)
+        self.nfe = 0                     # forward evaluations of the policy, per sample
+        self.nfe_reference = 0           # forward evaluations of the reference policy (KL), per sample
         for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
             module.to(self.device)
             module.requires_grad_(False)
@@ -179,8 +182,26 @@ class FlowModel:
         noise = torch.randn(n, self.num_tokens, self.channels, generator=generator)
         return noise.to(self.device)
 
-    def velocity(self, x: torch.Tensor, sigma: float, cond: Conditioning) -> torch.Tensor:
-        """v = transformer(x, timestep=sigma, guidance) for a batch; adds the batch size to `nfe`."""
+    def velocity(self, x: torch.Tensor, sigma: float, cond: Conditioning, reference: bool = False) -> torch.Tensor:
+        """v = transformer(x, timestep=sigma, guidance) for a batch; adds the batch size to `nfe`.
+
+        reference=True evaluates the reference policy (the base model: LoRA adapter switched off,
+        or the frozen copy under full fine-tuning) without gradients, counted in `nfe_reference`.
+        """
+        if reference:
+            self.nfe_reference += x.shape[0]
+            with torch.no_grad():
+                if self.reference is not None:
+                    return self._forward(self.reference, x, sigma, cond)
+                self.transformer.disable_adapters()
+                try:
+                    return self._forward(self.net, x, sigma, cond)
+                finally:
+                    self.transformer.enable_adapters()
+        self.nfe += x.shape[0]
+        return self._forward(self.net, x, sigma, cond)
+
+    def _forward(self, net, x: torch.Tensor, sigma: float, cond: Conditioning) -> torch.Tensor:
         batch = x.shape[0]
         if cond.prompt_embeds.shape[0] != batch:
             cond = cond.expand(batch)
@@ -189,8 +210,7 @@ class FlowModel:
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((batch,), self.guidance, device=self.device, dtype=dtype)
-        self.nfe += batch
-        v = self.transformer(hidden_states=x.to(dtype), timestep=timestep, guidance=guidance,
+        v = net(hidden_states=x.to(dtype), timestep=timestep, guidance=guidance,
                              pooled_projections=cond.pooled.to(dtype),
                              encoder_hidden_states=cond.prompt_embeds.to(dtype),
                              txt_ids=cond.text_ids, img_ids=self.img_ids, return_dict=False)[0]

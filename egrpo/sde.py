@@ -80,6 +80,11 @@ def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: float) -> t
     return logp.flatten(1).mean(dim=1)
 
 
+def gaussian_kl_same_std(mean_p: torch.Tensor, mean_q: torch.Tensor, std: float) -> torch.Tensor:
+    """KL(N(mean_p, std^2) || N(mean_q, std^2)) = |mean_p - mean_q|^2 / (2 std^2), mean over latent dims."""
+    return ((mean_p.float() - mean_q.float()) ** 2).flatten(1).mean(dim=1) / (2 * std**2)
+
+
 def ode_step(x: torch.Tensor, v: torch.Tensor, sigmas: torch.Tensor, i: int, j: int) -> torch.Tensor:
     """Euler step of the flow ODE: x_j = x_i + v*(sigma_j - sigma_i)."""
     return x + v * float(sigmas[j] - sigmas[i])

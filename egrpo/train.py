@@ -7,6 +7,7 @@ outputs, because Snakemake deletes the outputs of a failed job; it is cleared af
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,6 +33,11 @@ log = logging.getLogger("egrpo.train")
 def iteration_generator(seed: int, iteration: int) -> torch.Generator:
     """All randomness of one iteration: prompts, noises, subsets (a pure function of seed, t)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+
+
+def forward_equivalents(state: dict) -> int:
+    """Cost axis: rollout forwards + 3 x training forward+backward + reference (KL) forwards."""
+    return state["nfe_rollout"] + 3 * state["nfe_train"] + state.get("nfe_reference", 0)
 
 
 @dataclass
@@ -70,7 +76,7 @@ def score_groups(groups, model: FlowModel, setting: RewardSetting, prompts, adv_
 class Trainer:
     def __init__(self, cfg: dict, algorithm: str, reward_setting: str, seed: int, model_dir: str | None,
                  plan_path: str | None, out_dir: str, resume_dir: str):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DistributedDataParallelKwargs
 
         self.cfg, self.seed = cfg, seed
         self.algorithm_name, self.reward_setting_name = algorithm, reward_setting
@@ -83,19 +89,25 @@ class Trainer:
         self.algo = build_algorithm(algorithm, cfg, plan)
         self.plan = plan
         self.setting = RewardSetting(cfg["reward_settings"][reward_setting], cfg)
-        self.accelerator = Accelerator(mixed_precision=self.tcfg["mixed_precision"],
-                                       cpu=not torch.cuda.is_available())
+        # FLUX's last double block computes a text branch that no loss uses: DDP must allow that
+        self.accelerator = Accelerator(mixed_precision=self.tcfg["mixed_precision"], cpu=not torch.cuda.is_available(),
+                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         torch.manual_seed(seed)
         self.model = FlowModel(load_pipeline(cfg, model_dir), cfg, self.accelerator.device)
         transformer = self.model.transformer
         if self.tcfg["finetune"] == "lora":
             add_lora(transformer, self.tcfg["lora_rank"], self.tcfg["lora_alpha"])
         else:
+            if self.algo.kl_beta > 0:  # the reference policy of the KL term: a frozen copy of the base
+                import copy
+                self.model.reference = copy.deepcopy(transformer).requires_grad_(False).eval()
             transformer.requires_grad_(True)
         self.params = [p for p in transformer.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.tcfg["learning_rate"],
                                            weight_decay=self.tcfg["weight_decay"])
-        self.optimizer = self.accelerator.prepare(self.optimizer)
+        # single process: returned as is; several (accelerate launch): DDP all-reduces the gradients
+        self.model.net, self.optimizer = self.accelerator.prepare(transformer, self.optimizer)
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.state = {"iteration": 0, "nfe_rollout": 0, "nfe_train": 0, "prompts_seen": 0,
                       "wall_s": 0.0, "rows": [], "mlflow_run_id": None, "resumed_from": None}
 
@@ -134,7 +146,10 @@ class Trainer:
         tcfg, model = self.tcfg, self.model
         start = time.perf_counter()
         generator = iteration_generator(self.seed, it)
-        prompt_ids = torch.randint(len(self.prompts), (tcfg["prompts_per_iteration"],), generator=generator).tolist()
+        drawn = torch.randint(len(self.prompts), (tcfg["prompts_per_iteration"] * self.world,), generator=generator)
+        prompt_ids = drawn[self.rank::self.world].tolist()  # each process rolls out its share of the prompts
+        if self.world > 1:  # and draws its own noises
+            generator = torch.Generator().manual_seed(iteration_generator(self.seed, it).initial_seed() * 64 + self.rank)
         nfe0 = model.nfe
         groups, conds, expected_nfe = [], {}, 0
         for p in prompt_ids:
@@ -149,6 +164,7 @@ class Trainer:
         items = [(g, t, adv) for g, adv in zip(groups, scored.advantages) for t in g.transitions]
         nfe1 = model.nfe
         losses, ratios, first_dev, clipped, grad_norms, skipped, dropped = [], [], [], [], [], 0, 0
+        kls, nfe_ref0 = [], model.nfe_reference
         updated = False  # |ratio - 1| is recorded only before the first optimizer step of the iteration
         for epoch in range(tcfg["inner_epochs"]):
             for n, (group, tr, adv) in enumerate(items):
@@ -161,11 +177,19 @@ class Trainer:
                 logp_new = sde.gaussian_log_prob(tr.x_to, mean.expand_as(tr.x_to), std)
                 logp_new = torch.where(keep, logp_new, torch.zeros_like(logp_new))
                 loss, ratio = sde.ppo_clip_loss(logp_new, logp_old, adv_used, tcfg["clip_range"])
+                if self.algo.kl_beta > 0:
+                    v_ref = model.velocity(tr.x_from, float(self.algo.sigmas[tr.i]), conds[group.prompt_index], reference=True)
+                    mean_ref, _ = self.algo.mean_std(tr.x_from, v_ref, self.algo.sigmas, tr.i, tr.j, self.algo.eta)
+                    kl = sde.gaussian_kl_same_std(mean, mean_ref, std).mean()
+                    kls.append(float(kl.detach()))
+                    loss = loss + self.algo.kl_beta * kl
                 if not torch.isfinite(loss):
                     skipped += 1
                     log.warning("iteration %d: non-finite loss, step skipped", it)
                     self.optimizer.zero_grad(set_to_none=True)
-                    continue
+                    if self.world == 1:
+                        continue
+                    loss = sum(p.sum() for p in self.params) * 0.0  # keep the DDP backward calls in step
                 per_entry = tcfg["optimizer_step"] == "per_entry"
                 self.accelerator.backward(loss if per_entry else loss / len(items))
                 losses.append(float(loss.detach()))
@@ -180,12 +204,21 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     updated = True
         nfe_train = model.nfe - nfe1
+        nfe_reference = model.nfe_reference - nfe_ref0
         elapsed = time.perf_counter() - start
 
+        if self.world > 1:  # totals over processes
+            counts = self.accelerator.reduce(torch.tensor([nfe_rollout, nfe_train, nfe_reference, expected_nfe,
+                                                           len(prompt_ids)], device=model.device), "sum").tolist()
+            nfe_rollout, nfe_train, nfe_reference, expected_nfe, n_prompts = (int(c) for c in counts)
+            scored.rewards = self.accelerator.gather(scored.rewards.to(model.device)).cpu()
+        else:
+            n_prompts = len(prompt_ids)
         st = self.state
         st["nfe_rollout"] += nfe_rollout
         st["nfe_train"] += nfe_train
-        st["prompts_seen"] += len(prompt_ids)
+        st["nfe_reference"] = st.get("nfe_reference", 0) + nfe_reference
+        st["prompts_seen"] += n_prompts
         st["wall_s"] += elapsed
         cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0)
         finite_rewards = scored.rewards[torch.isfinite(scored.rewards)]
@@ -196,6 +229,7 @@ class Trainer:
             **{f"reward_{k}_mean": float(v[torch.isfinite(v)].mean()) for k, v in scored.components.items()},
             "zero_std_ratio": scored.zero_std_ratio,
             "loss": sum(losses) / len(losses) if losses else math.nan,
+            "kl": sum(kls) / len(kls) if kls else math.nan,
             "ratio_mean": float(cat(ratios).mean()) if ratios else math.nan,
             "ratio_abs_dev_first": float(cat(first_dev).mean()) if first_dev else math.nan,
             "clip_fraction": float(cat(clipped).mean()) if clipped else math.nan,
@@ -204,10 +238,11 @@ class Trainer:
             "transitions": len(items),
             "nfe_rollout": nfe_rollout,
             "nfe_train": nfe_train,
+            "nfe_reference": nfe_reference,
             "nfe_rollout_expected": expected_nfe,
-            "nfe_train_expected": self.algo.expected_train_nfe(groups) * tcfg["inner_epochs"],
+            "nfe_train_expected": self.algo.expected_train_nfe(groups) * tcfg["inner_epochs"] * self.world,
             "nfe_total": st["nfe_rollout"] + st["nfe_train"],
-            "forward_equivalents": st["nfe_rollout"] + 3 * st["nfe_train"],
+            "forward_equivalents": forward_equivalents(st),
             "nonfinite_samples": scored.nonfinite + dropped,
             "skipped_steps": skipped,
             "iteration_s": elapsed,
@@ -216,29 +251,45 @@ class Trainer:
         return row
 
     # ---- the whole run --------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self) -> dict | None:
+        """Train to the last iteration; only the main process writes files and logs to MLflow."""
         self.load_resume()
+        main = self.accelerator.is_main_process
         iterations = self.tcfg["iterations"]
-        tags = {"algorithm": self.algorithm_name, "reward_setting": self.reward_setting_name, "seed": self.seed}
+        tags = {"algorithm": self.algorithm_name, "reward_setting": self.reward_setting_name, "seed": self.seed,
+                "processes": self.world}
         run_name = f"train-{self.algorithm_name}-{self.reward_setting_name}-seed{self.seed}"
-        with stage_run(self.cfg, "train", tags, run_id=self.state["mlflow_run_id"], run_name=run_name) as (mlflow, run):
-            self.state["mlflow_run_id"] = run.info.run_id
-            mlflow.log_param("plan", json.dumps(self.plan)) if self.plan and self.state["resumed_from"] is None else None
+        tracking = stage_run(self.cfg, "train", tags, run_id=self.state["mlflow_run_id"], run_name=run_name) \
+            if main else contextlib.nullcontext((None, None))
+        metrics = None
+        with tracking as (mlflow, run):
+            if main:
+                self.state["mlflow_run_id"] = run.info.run_id
+                if self.plan and self.state["resumed_from"] is None:
+                    mlflow.log_param("plan", json.dumps(self.plan))
             bar = tqdm(range(self.state["iteration"], iterations), initial=self.state["iteration"], total=iterations,
-                       desc=f"train {self.algorithm_name}/{self.reward_setting_name}/seed{self.seed}", unit="it")
+                       desc=f"train {self.algorithm_name}/{self.reward_setting_name}/seed{self.seed}", unit="it",
+                       disable=not main)
             for it in bar:
                 row = self.iteration(it)
                 self.state["rows"].append(row)
                 self.state["iteration"] = it + 1
-                mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "iteration" and math.isfinite(float(v))}, step=it + 1)
-                bar.set_postfix(reward=f"{row['reward_mean']:.4f}", nfe=row["nfe_total"])
+                if main:
+                    mlflow.log_metrics({k: float(v) for k, v in row.items()
+                                        if k != "iteration" and math.isfinite(float(v))}, step=it + 1)
+                    bar.set_postfix(reward=f"{row['reward_mean']:.4f}", nfe=row["nfe_total"])
                 if (it + 1) % self.tcfg["checkpoint_every"] == 0 or it + 1 == iterations:
-                    self.save_resume()
+                    if main:
+                        self.save_resume()
+                    self.accelerator.wait_for_everyone()
                 _fault_injection(it + 1)
-            metrics = self.write_outputs()
-            mlflow.log_artifact(str(self.out_dir / "metrics.json"))
-            mlflow.log_artifact(str(self.out_dir / "train_log.csv"))
-        shutil.rmtree(self.resume_dir, ignore_errors=True)
+            if main:
+                metrics = self.write_outputs()
+                mlflow.log_artifact(str(self.out_dir / "metrics.json"))
+                mlflow.log_artifact(str(self.out_dir / "train_log.csv"))
+        self.accelerator.wait_for_everyone()
+        if main:
+            shutil.rmtree(self.resume_dir, ignore_errors=True)
         return metrics
 
     def write_outputs(self) -> dict:
@@ -254,7 +305,8 @@ class Trainer:
             "iterations": st["iteration"],
             "nfe_total": st["nfe_rollout"] + st["nfe_train"],
             "nfe_rollout_total": st["nfe_rollout"], "nfe_train_total": st["nfe_train"],
-            "forward_equivalents": st["nfe_rollout"] + 3 * st["nfe_train"],
+            "nfe_reference_total": st.get("nfe_reference", 0),
+            "forward_equivalents": forward_equivalents(st),
             "nfe_per_prompt": (st["nfe_rollout"] + st["nfe_train"]) / prompts_seen,
             "nfe_rollout_per_prompt": st["nfe_rollout"] / prompts_seen,
             "nfe_train_per_prompt": st["nfe_train"] / prompts_seen,
@@ -290,4 +342,6 @@ def run_train(cfg, algorithm, reward_setting, seed, model_dir, plan_path, out_di
         raise UserError(f"--plan: file not found: {plan_path}")
     trainer = Trainer(cfg, algorithm, reward_setting, seed, model_dir,
                       plan_path if algorithm in ALGORITHMS_USING_PLAN else None, out_dir, resume_dir)
-    return trainer.run()
+    metrics = trainer.run()
+    trainer.accelerator.end_training()
+    return metrics

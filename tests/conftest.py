@@ -54,3 +54,9 @@ def tiny_model_dir(tmp_path_factory):
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking_uri(monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: don't let one test's store leak into the next."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -130,3 +130,32 @@ def test_dancegrpo_own_sde_option():
     cfg = cfg_for(8, 2, dancegrpo={"sde": "dance", "eta": 0.3})
     algo = build_algorithm("dancegrpo", cfg)
     assert algo.mean_std is sde.dance_mean_std and algo.eta == 0.3
+
+
+@pytest.mark.parametrize("iteration,expected_start", [(0, 0), (4, 0), (5, 1), (12, 2), (100, 12)])
+def test_mixgrpo_window_moves_and_nfe(iteration, expected_start):
+    n, g, w = 16, 4, 4
+    cfg = cfg_for(n, g, mixgrpo={"window_size": w, "shift_interval": 5, "window_stride": 1})
+    algo = build_algorithm("mixgrpo", cfg)
+    assert algo.window_start(iteration) == expected_start
+    model = RecordingModel()
+    groups = algo.rollout(model, Cond(), 0, torch.Generator().manual_seed(0), iteration)
+    s = expected_start
+    assert model.nfe == (s + 1) + g * (n - s - 1) == algo.expected_rollout_nfe(groups)
+    (group,) = groups
+    assert [(t.i, t.j) for t in group.transitions] == [(i, i + 1) for i in range(s, s + w)]
+    assert group.transitions[0].x_from.shape[0] == 1, "the window's first step branches from the shared prefix"
+    assert torch.unique(group.transitions[0].x_to.flatten(1), dim=0).shape[0] == g
+    assert algo.expected_train_nfe(groups) == 1 + g * (w - 1)
+    # ODE outside the window: the calls after it are at the unit grid's sigmas, batched over G
+    assert [c for c in model.calls[s + 1:]] == [(round(float(algo.sigmas[i]), 10), g) for i in range(s + 1, n)]
+
+
+def test_flowgrpo_is_all_step_sde_with_kl():
+    n, g = 8, 3
+    cfg = cfg_for(n, g)
+    algo = build_algorithm("flowgrpo", cfg)
+    assert algo.kl_beta == pytest.approx(0.04) and algo.num_trained == n
+    model = RecordingModel()
+    groups = algo.rollout(model, Cond(), 0, torch.Generator().manual_seed(0), 0)
+    assert model.nfe == g * n and len(groups[0].transitions) == n

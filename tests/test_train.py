@@ -90,3 +90,52 @@ def test_sigkill_then_resume_matches_unbroken_run(tmp_path, tiny_model_dir):
     assert {k: v for k, v in a.items() if k not in VOLATILE} == {k: v for k, v in b.items() if k not in VOLATILE}
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "u/train_log.csv").drop(columns=["iteration_s", "wall_s"]),
                                   pd.read_csv(tmp_path / "k/train_log.csv").drop(columns=["iteration_s", "wall_s"]))
+
+
+@pytest.mark.parametrize("algorithm,finetune", [("flowgrpo", "lora"), ("flowgrpo", "full"), ("mixgrpo", "full"),
+                                                ("egrpo", "full")])
+def test_every_algorithm_trains_with_kl_and_full_finetuning(tmp_path, tiny_model_dir, algorithm, finetune):
+    cfg = train_cfg(tmp_path, iterations=2, finetune=finetune, learning_rate=1e-3)
+    cfg["algorithm_params"]["egrpo"]["kl_beta"] = 0.1
+    cfg["algorithm_params"]["mixgrpo"].update(window_size=2, shift_interval=1)
+    m = run_train(cfg, algorithm, "color", 0, str(tiny_model_dir), plan_file(tmp_path), tmp_path / "o", tmp_path / "r")
+    log = pd.read_csv(tmp_path / "o/train_log.csv")
+    assert (log["nfe_rollout"] == log["nfe_rollout_expected"]).all()
+    assert (log["nfe_train"] == log["nfe_train_expected"]).all()
+    assert log["ratio_abs_dev_first"].max() < 1e-5
+    if algorithm in ("flowgrpo", "egrpo"):
+        # one reference forward per trained sample-batch, KL is 0 before the first update
+        assert (log["nfe_reference"] == log["nfe_train"]).all()
+        assert log["kl"].iloc[0] == pytest.approx(0.0, abs=1e-10) and log["kl"].iloc[1] > 0
+        assert m["forward_equivalents"] == m["nfe_rollout_total"] + 3 * m["nfe_train_total"] + m["nfe_reference_total"]
+    else:
+        assert (log["nfe_reference"] == 0).all() and log["kl"].isna().all()
+    if algorithm == "mixgrpo":
+        assert list(log["nfe_rollout"]) == [2 * (1 + 2 * 3), 2 * (2 + 2 * 2)], "window moved from 0 to 1"
+    meta = json.loads((tmp_path / "o/checkpoint/meta.json").read_text())
+    assert meta["finetune"] == finetune
+    assert (tmp_path / "o/checkpoint" / f"{finetune}.safetensors").is_file()
+
+
+def test_two_process_data_parallel(tmp_path, tiny_model_dir):
+    """torchrun sets the distributed env that accelerate picks up (gloo on CPU); GPUs use accelerate launch."""
+    import mlflow
+
+    cfg = train_cfg(tmp_path, iterations=2, prompts_per_iteration=1)
+    config_path = tmp_path / "cfg.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "egrpo", "train", "--config", str(config_path), "--model", str(tiny_model_dir),
+                             "--plan", plan_file(tmp_path), "--algorithm", "egrpo", "--reward-setting", "color",
+                             "--seed", "0", "--out", str(tmp_path / "o"), "--resume-dir", str(tmp_path / "r")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = pd.read_csv(tmp_path / "o/train_log.csv")
+    g = cfg["sampling"]["group_size"]
+    assert list(log["nfe_rollout"]) == [2 * (2 + g * 3 + g * 1)] * 2, "two processes, one prompt each"
+    assert (log["nfe_rollout"] == log["nfe_rollout_expected"]).all()
+    assert json.loads((tmp_path / "o/metrics.json").read_text())["nfe_per_prompt"] == log["nfe_rollout"].iloc[0] / 2 + 2
+    mlflow.set_tracking_uri(cfg["mlflow"]["tracking_uri"])
+    runs = mlflow.search_runs(experiment_names=["micro"])
+    assert len(runs) == 1 and runs["tags.processes"].iloc[0] == "2"

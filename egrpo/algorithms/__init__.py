@@ -11,6 +11,8 @@ import importlib
 ALGORITHMS = {
     "egrpo": "egrpo.algorithms.egrpo:EGRPO",
     "dancegrpo": "egrpo.algorithms.dancegrpo:DanceGRPO",
+    "mixgrpo": "egrpo.algorithms.mixgrpo:MixGRPO",
+    "flowgrpo": "egrpo.algorithms.flowgrpo:FlowGRPO",
 }
 
 

@@ -22,6 +22,7 @@ class Algorithm:
         self.sigmas = sde.sigma_schedule(self.num_steps, sampling["shift"])
         self.params = cfg["algorithm_params"].get(self.name, {})
         self.mean_std: Callable = sde.sde_mean_std
+        self.kl_beta = self.params.get("kl_beta", 0.0)
 
     def rollout(self, model, cond, prompt_index: int, generator: torch.Generator,
                 iteration: int) -> list[Group]:

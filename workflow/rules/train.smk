@@ -31,6 +31,6 @@ rule train:
         runtime=240,
         gpu=0,
     shell:
-        "OMP_NUM_THREADS={threads} egrpo train --config {CONFIG_FILE:q} --model {params.model:q} {params.plan}"
+        "OMP_NUM_THREADS={threads} egrpo train --gpus {resources.gpu} --config {CONFIG_FILE:q} --model {params.model:q} {params.plan}"
         " --algorithm {wildcards.algorithm} --reward-setting {wildcards.reward_setting} --seed {wildcards.seed}"
         " --out {params.out:q} --resume-dir {params.resume:q} 2> {log:q}"
