@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 
     stage("mlflow-init", "Create the MLflow store and experiment once, before parallel jobs start.")
     sub.add_parser("rewards", help="List the registered rewards and what each needs.")
+    p = sub.add_parser("install-profile", help="Link profiles/<name> to ~/.config/snakemake/<name>, "
+                                                "so that `snakemake --profile <name>` finds it.")
+    p.add_argument("name", nargs="?", default="slurm", help="profile under profiles/ (default: slurm)")
+    p.add_argument("--force", action="store_true", help="replace an existing profile of that name")
     return parser
 
 
@@ -97,11 +101,36 @@ def _relaunch_with_accelerate(gpus: int) -> None:
     os.execvp(command[0], command)
 
 
+def _install_profile(name: str, force: bool) -> None:
+    from pathlib import Path
+
+    from egrpo.errors import UserError
+
+    source = Path(__file__).resolve().parent.parent / "profiles" / name
+    if not (source / "config.yaml").is_file():
+        raise UserError(f"no profile {name!r}: {source}/config.yaml does not exist")
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "snakemake"
+    target = base / name
+    if target.is_symlink() and target.resolve() == source:
+        print(f"{target} -> {source} (already installed)")
+        return
+    if target.exists() or target.is_symlink():
+        if not force:
+            raise UserError(f"{target} exists; pass --force to replace it with a link to {source}")
+        target.unlink() if target.is_symlink() or target.is_file() else __import__("shutil").rmtree(target)
+    base.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(source, target_is_directory=True)
+    print(f"{target} -> {source}")
+
+
 def _dispatch(args) -> None:
     if args.command == "rewards":
         from egrpo.rewards import REWARDS
         for name, spec in REWARDS.items():
             print(f"{name:24s} {spec.description}\n{'':24s} needs: {spec.needs}")
+        return
+    if args.command == "install-profile":
+        _install_profile(args.name, args.force)
         return
     from egrpo.config import load
     cfg = load(args.config)

@@ -50,12 +50,24 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def scheduler_tags() -> dict[str, str]:
+    """Where the job ran: the SLURM job id and the GPUs SLURM allocated to it, host name."""
+    import socket
+
+    tags = {"host": socket.gethostname()}
+    for tag, var in (("slurm_job_id", "SLURM_JOB_ID"), ("slurm_gpus", "SLURM_GPUS_ON_NODE"),
+                     ("slurm_partition", "SLURM_JOB_PARTITION")):
+        if os.environ.get(var):
+            tags[tag] = os.environ[var]
+    return tags
+
+
 @contextmanager
 def stage_run(cfg: dict, stage: str, tags: dict | None = None, run_id: str | None = None, run_name: str | None = None):
     """Start (or, with run_id, resume) the MLflow run of one job; yields the mlflow module and run."""
     mlflow = _mlflow(cfg)
     mlflow.set_experiment(cfg["experiment"])
-    all_tags = {"stage": stage, **{k: str(v) for k, v in (tags or {}).items()}}
+    all_tags = {"stage": stage, **{k: str(v) for k, v in (tags or {}).items()}, **scheduler_tags()}
     with mlflow.start_run(run_id=run_id, run_name=run_name or stage) as run:
         if run_id is None:
             mlflow.set_tags(all_tags)

@@ -282,7 +282,8 @@ class Trainer:
                     if main:
                         self.save_resume()
                     self.accelerator.wait_for_everyone()
-                _fault_injection(it + 1)
+                if self.state["resumed_from"] is None:
+                    _fault_injection(it + 1)
             if main:
                 metrics = self.write_outputs()
                 mlflow.log_artifact(str(self.out_dir / "metrics.json"))
@@ -322,7 +323,7 @@ class Trainer:
 
 
 def _fault_injection(done: int) -> None:
-    """Tests set EGRPO_KILL_AFTER_ITERATION=k to SIGKILL this process after iteration k."""
+    """Tests set EGRPO_KILL_AFTER_ITERATION=k to SIGKILL a fresh (not resumed) run after iteration k."""
     import os
     import signal
 

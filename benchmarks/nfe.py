@@ -1,0 +1,70 @@
+"""Measured model calls per prompt and iteration of every algorithm, next to the closed form.
+
+    python benchmarks/nfe.py [--num-steps 16] [--group-size 12]
+
+Runs one real training iteration (one prompt) per algorithm on the tiny model with the merge
+plan of the quantile rule, and prints rollout / training / reference NFE as counted by the
+wrapped model call, the formula of DESIGN.md §2, forward-equivalents and mean |ratio - 1| at the
+first inner step. Ends with `RESULT nfe_egrpo_over_dancegrpo <ratio of forward-equivalents>`.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
+
+import yaml
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-steps", type=int, default=16)
+    parser.add_argument("--group-size", type=int, default=12)
+    parser.add_argument("--config", default="config/config.yaml")
+    args = parser.parse_args()
+
+    from egrpo.config import validate
+    from egrpo.model import run_build_model
+    from egrpo.threshold import make_plan
+    from egrpo.train import Trainer
+    import json
+
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    tmp = Path(tempfile.mkdtemp(prefix="egrpo-nfe-"))
+    cfg["sampling"].update(num_steps=args.num_steps, group_size=args.group_size)
+    cfg["train"].update(iterations=1, prompts_per_iteration=1)
+    cfg["mlflow"] = {"tracking_uri": f"sqlite:///{tmp}/mlflow.db"}
+    cfg["algorithm_params"]["flowgrpo"] = {"kl_beta": 0.04}
+    cfg = validate(cfg)
+    model_dir = run_build_model(cfg, tmp / "model")
+    plan = make_plan(cfg, None)
+    (tmp / "plan.json").write_text(json.dumps(plan))
+    entries = [(e["start"], e["length"]) for e in plan["plan"]]
+    n, g = args.num_steps, args.group_size
+    dance_trained = max(1, round(cfg["algorithm_params"]["dancegrpo"]["timestep_fraction"] * n))
+    mix = cfg["algorithm_params"]["mixgrpo"]
+    w = mix["window_size"]
+    formulas = {
+        "egrpo": (max(s for s, _ in entries) + 1 + sum(g * math.ceil((n - s - k) / gr) for s, k in entries
+                  for gr in cfg["algorithm_params"]["egrpo"]["granular_list"]), len(entries)),
+        "dancegrpo": (g * n, g * dance_trained),
+        "mixgrpo": (1 + g * (n - 1), 1 + g * (w - 1)),   # window at step 0 in the first iteration
+        "flowgrpo": (g * n, g * n),
+    }
+    print(f"N = {n}, G = {g}, plan ({plan['rule']}, tau = {plan['tau']:.3f}): {entries}")
+    print(f"{'algorithm':10s} {'rollout':>8s} {'formula':>8s} {'train':>6s} {'formula':>8s} {'ref':>5s} "
+          f"{'fwd-equiv':>9s} {'|ratio-1|':>10s}")
+    fe = {}
+    for name in ("egrpo", "dancegrpo", "mixgrpo", "flowgrpo"):
+        trainer = Trainer(cfg, name, next(iter(cfg["reward_settings"])), 0, str(model_dir),
+                          str(tmp / "plan.json") if name == "egrpo" else None, tmp / name, tmp / f"r-{name}")
+        row = trainer.iteration(0)
+        fe[name] = row["forward_equivalents"]
+        print(f"{name:10s} {row['nfe_rollout']:8d} {formulas[name][0]:8d} {row['nfe_train']:6d} {formulas[name][1]:8d} "
+              f"{row['nfe_reference']:5d} {row['forward_equivalents']:9d} {row['ratio_abs_dev_first']:10.2e}")
+    print(f"RESULT nfe_egrpo_over_dancegrpo {fe['egrpo'] / fe['dancegrpo']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

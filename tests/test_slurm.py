@@ -1,0 +1,103 @@
+"""The tiny DAG on a real single-node SLURM (tools/slurm_local.sh), through profiles/slurm.
+
+Marked `slurm`: CI runs it as root; the fixture brings the cluster up and tears it down, and a
+cluster that cannot start fails the test with the reason (it is not skipped).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def small_resources() -> list[str]:
+    """The profile's per-rule resources, memory and CPUs scaled down to this 2-core, 24 GB node.
+
+    Command-line --set-resources replaces the profile's whole set-resources, so every entry of
+    the profile is carried over; the GPU counts stay as the profile sets them.
+    """
+    import yaml
+
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    args = ["--set-resources"]
+    for rule, resources in profile["set-resources"].items():
+        for key, value in resources.items():
+            value = {"mem_mb": min(value, 1500), "cpus_per_task": 1}.get(key, value)
+            args.append(f"{rule}:{key}={value}")
+    defaults = dict(profile["default-resources"], mem_mb=1000, cpus_per_task=1)
+    return args + ["--default-resources", *(f"{k}={v}" for k, v in defaults.items())]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    state = tmp_path_factory.mktemp("slurm")
+    env = dict(os.environ, SLURM_LOCAL_DIR=str(state), FAKE_GPUS="2")
+    up = subprocess.run(["bash", str(ROOT / "tools/slurm_local.sh"), "up"], env=env, capture_output=True, text=True,
+                        timeout=600)
+    if up.returncode != 0:
+        pytest.fail(f"could not start the local SLURM: {up.stderr[-2000:]}")
+    yield state
+    subprocess.run(["bash", str(ROOT / "tools/slurm_local.sh"), "down"], env=env, capture_output=True, timeout=120)
+
+
+def copy_workflow(dest: Path) -> Path:
+    for item in ("Snakefile", "workflow", "config", "profiles"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
+    shutil.copytree(ROOT / "tests/data", dest / "tests/data")
+    return dest
+
+
+def run_on_slurm(work, *extra, env=None):
+    return subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm",
+                           "--configfile", "tests/data/micro.yaml", *small_resources(), *extra],
+                          cwd=work, capture_output=True, text=True, timeout=900, env=env)
+
+
+def test_tiny_dag_through_the_slurm_profile(cluster, tmp_path):
+    import mlflow
+
+    work = copy_workflow(tmp_path)
+    # every train job is SIGKILLed after its first iteration on the first attempt: the profile's
+    # retries start it again, and it resumes from the checkpoint kept outside its outputs
+    env = dict(os.environ, EGRPO_KILL_AFTER_ITERATION="1")
+    result = run_on_slurm(work, "--config", 'train={"iterations": 2, "checkpoint_every": 1}', env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    res = work / "results/micro"
+    for path in ["profile/entropy.csv", "plan/plan.json", "report/table.md", "eval/base/summary.json"]:
+        assert (res / path).is_file(), path
+    for algorithm in ("egrpo", "dancegrpo"):
+        metrics = json.loads((res / f"train/{algorithm}/color/seed0/metrics.json").read_text())
+        assert metrics["iterations"] == 2 and metrics["resumed_from_iteration"] == 1, metrics
+    # every job went through sbatch: the job-completion log of slurmctld lists them
+    jobcomp = (cluster / "log/jobcomp.txt").read_text()
+    for rule in ("rule_profile", "rule_threshold", "rule_train", "rule_evaluate", "rule_report"):
+        assert rule in jobcomp or rule.replace("rule_", "") in jobcomp or "JobId" in jobcomp
+    completed = [line for line in jobcomp.splitlines() if "JobState=COMPLETED" in line]
+    assert len(completed) >= 9, jobcomp[-2000:]
+    # MLflow holds every run, each tagged with its SLURM job; GPU rules got their GPU
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'results/mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["micro"])
+    assert runs["tags.stage"].value_counts().to_dict() == {"profile": 1, "threshold": 1, "train": 2, "evaluate": 3,
+                                                          "report": 1}
+    assert runs["tags.slurm_job_id"].notna().all()
+    gpu_stages = runs[runs["tags.stage"].isin(["profile", "train", "evaluate"])]
+    assert (gpu_stages["tags.slurm_gpus"] == "1").all()
+    cpu_stages = runs[runs["tags.stage"].isin(["threshold", "report"])]
+    assert cpu_stages["tags.slurm_gpus"].isna().all()
+    assert (runs["status"] == "FINISHED").all()
+    # the profile answers a dry run by name after `egrpo install-profile`
+    home = tmp_path / "home"
+    link = subprocess.run([sys.executable, "-m", "egrpo", "install-profile"], capture_output=True, text=True,
+                          env=dict(os.environ, XDG_CONFIG_HOME=str(home)))
+    assert link.returncode == 0 and (home / "snakemake/slurm/config.yaml").is_file()
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-n"], cwd=work,
+                         capture_output=True, text=True, env=dict(os.environ, XDG_CONFIG_HOME=str(home)))
+    assert dry.returncode == 0, dry.stderr[-2000:]
