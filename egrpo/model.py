@@ -35,24 +35,37 @@ def _words(texts: list[str]) -> list[str]:
     return words
 
 
+def bpe_vocabulary(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A deterministic CLIP-style BPE vocabulary: characters, then each word merged left to right.
+
+    (The `tokenizers` BpeTrainer breaks ties between equally frequent pairs differently from run to
+    run, which would make two builds of the same tiny model differ.) Unknown words fall back to
+    characters, so every prompt can be encoded.
+    """
+    alphabet = "abcdefghijklmnopqrstuvwxyz"
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + list(alphabet) + [c + "</w>" for c in alphabet]
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        current = pieces[0]
+        for piece in pieces[1:]:
+            if (current, piece) not in merges:
+                merges.append((current, piece))
+            current += piece
+            if current not in tokens:
+                tokens.append(current)
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
 def build_tokenizers(texts: list[str], max_length: int):
     """A CLIP BPE tokenizer and a T5 Unigram tokenizer built offline from the words of `texts`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import CLIPTokenizer, T5TokenizerFast
 
     words = _words(texts)
-    alphabet = list("abcdefghijklmnopqrstuvwxyz")
-    bpe = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=len(words) * 8 + 100, end_of_word_suffix="</w>",
-                                  special_tokens=["<|startoftext|>", "<|endoftext|>"],
-                                  initial_alphabet=alphabet, show_progress=False)
-    bpe.train_from_iterator([" ".join(words)] * 2, trainer)
-    bpe_model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in bpe_model["merges"]]
-    clip_tok = CLIPTokenizer(vocab=bpe_model["vocab"], merges=merges, model_max_length=max_length)
+    vocab, merges = bpe_vocabulary(words)
+    clip_tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    pieces += [("▁" + w, -1.0) for w in words] + [("▁", -4.0)] + [(c, -5.0) for c in alphabet]
+    pieces += [("▁" + w, -1.0) for w in words] + [("▁", -4.0)] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
     t5_tok = T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=max_length)
     return clip_tok, t5_tok
 

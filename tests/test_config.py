@@ -34,6 +34,16 @@ BAD = [
     ({"threshold": {"rule": "reference_step", "reference_step": 4}}, "threshold.reference_step"),
     ({"model": {"source": "pretrained"}}, "model.path"),
     ({"profile": {"reward_setting": "missing"}}, "profile.reward_setting"),
+    ({"threshold": {"max_steps": 9}}, "threshold.max_steps"),
+    ({"evaluate": {"metrics": ["nope"]}}, "evaluate.metrics"),
+    ({"train": {"learning_rate": 0}}, "train.learning_rate"),
+    ({"train": {"optimizer_step": "sometimes"}}, "train.optimizer_step"),
+    ({"model": {"tiny": {"head_dim": 6}}}, "model.tiny.head_dim"),
+    ({"reward_settings": {"c": {"clip": 1.0}}}, "reward_models.clip"),
+    ({"prompts": {"train": "x.txt"}}, "prompts"),
+    ({"seeds": [-1]}, "seeds.0"),
+    ({"algorithm_params": {"egrpo": {"granular_list": [0]}}}, "algorithm_params.egrpo.granular_list.0"),
+    ({"experiment": "has space"}, "experiment"),
 ]
 
 
@@ -41,7 +51,7 @@ BAD = [
 def test_bad_configs_give_one_line_errors(tmp_path, override, key):
     cfg = micro_config(tmp_path)
     for section, value in override.items():
-        if isinstance(value, dict) and isinstance(cfg.get(section), dict) and section != "reward_settings":
+        if isinstance(value, dict) and isinstance(cfg.get(section), dict) and section not in ("reward_settings", "prompts"):
             cfg[section].update(value)
         else:
             cfg[section] = value

@@ -62,3 +62,16 @@ def test_lora_checkpoint_roundtrip(tiny_model_dir, micro, tmp_path):
     torch.testing.assert_close(a.velocity(x, 0.5, cond), b.velocity(x, 0.5, cond))
     base = FlowModel(load_pipeline(micro, tiny_model_dir), micro)
     assert not torch.allclose(base.velocity(x, 0.5, cond), a.velocity(x, 0.5, cond))
+
+
+def test_two_builds_are_identical(tmp_path, micro):
+    from egrpo.model import run_build_model
+
+    a, b = run_build_model(micro, tmp_path / "a"), run_build_model(micro, tmp_path / "b")
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    pipe = load_pipeline(micro, a)
+    unknown = pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer("a zebra").input_ids)
+    assert unknown[1] == "a</w>" and "".join(unknown[2:-1]).replace("</w>", "") == "zebra"
