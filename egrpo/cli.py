@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-summaries", nargs="+", required=True)
     p.add_argument("--out", required=True, help="report directory")
 
+    p = stage("compare", "Print the report's table straight from the MLflow store (and write it as CSV).")
+    p.add_argument("--filter", default="", help="extra MLflow filter, e.g. \"tags.reward_setting = 'color'\"")
+    p.add_argument("--out", help="CSV file to write")
+
     stage("mlflow-init", "Create the MLflow store and experiment once, before parallel jobs start.")
     sub.add_parser("rewards", help="List the registered rewards and what each needs.")
     p = sub.add_parser("install-profile", help="Link profiles/<name> to ~/.config/snakemake/<name>, "
@@ -160,6 +164,9 @@ def _dispatch(args) -> None:
     elif args.command == "evaluate":
         from egrpo.evaluate import run_evaluate
         run_evaluate(cfg, args.name, args.model, args.checkpoint, args.out)
+    elif args.command == "compare":
+        from egrpo.report import run_compare
+        run_compare(cfg, args.filter, args.out)
     elif args.command == "report":
         from egrpo.report import run_report
         run_report(cfg, args.profile, args.plan, args.train_metrics, args.eval_summaries, args.out)

@@ -41,6 +41,11 @@ def sample_images(model: FlowModel, prompts, num_steps: int, shift: float, per_p
             yield p, m, s, images[m]
 
 
+def to_uint8(image: torch.Tensor):
+    """[3, H, W] in [0, 1] -> [H, W, 3] uint8 array."""
+    return (image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+
+
 def image_grid(images: list[torch.Tensor], columns: int):
     """Tile images [3, H, W] into one uint8 array, `columns` per row."""
     import numpy as np
@@ -50,8 +55,7 @@ def image_grid(images: list[torch.Tensor], columns: int):
     canvas = np.ones((rows * (h + 2), columns * (w + 2), 3), dtype=np.uint8) * 255
     for n, img in enumerate(images):
         r, c = divmod(n, columns)
-        canvas[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = \
-            (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        canvas[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = to_uint8(img)
     return canvas
 
 
@@ -74,12 +78,15 @@ def run_evaluate(cfg: dict, name: str, model_dir, checkpoint, out_dir) -> dict:
     rewards = {r: build_reward(r, cfg) for r in names}
     with stage_run(cfg, "evaluate", tags, run_name=f"evaluate-{name}") as (mlflow, run):
         rows, grid = [], []
+        image_dir = out_dir / "images"
+        image_dir.mkdir(parents=True, exist_ok=True)
         for p, m, s, image in sample_images(model, prompts, num_steps, cfg["sampling"]["shift"],
                                             ecfg["images_per_prompt"], ecfg["seed"]):
             batch = image.unsqueeze(0)
             scores = {r: float(fn(batch, [prompts[p].text])[0]) for r, fn in rewards.items()}
             rows.append({"prompt_index": p, "prompt": prompts[p].text, "style": prompts[p].style,
                          "image_index": m, "seed": s, **scores})
+            Image.fromarray(to_uint8(image)).save(image_dir / f"p{p:04d}_i{m}.png")
             if p < 8:
                 grid.append(image)
         table = pd.DataFrame(rows)

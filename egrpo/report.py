@@ -10,6 +10,13 @@ from egrpo.io import atomic_write_text, save_figure
 from egrpo.tracking import stage_run
 
 
+def gpu_hours(metrics: dict) -> float:
+    """Wall-clock x GPUs of a training run, in hours (NaN for CPU runs)."""
+    if metrics.get("device", "cpu") != "cuda":
+        return float("nan")
+    return metrics["wall_s"] * metrics.get("processes", 1) / 3600
+
+
 def collect(train_metrics: list[str], eval_summaries: list[str]) -> pd.DataFrame:
     """One row per evaluated policy: its identity, every eval metric, and its training cost."""
     train = {}
@@ -26,34 +33,48 @@ def collect(train_metrics: list[str], eval_summaries: list[str]) -> pd.DataFrame
             m = train[s["name"]]
             row.update(algorithm=m["algorithm"], reward_setting=m["reward_setting"], seed=m["seed"],
                        nfe_total=m["nfe_total"], forward_equivalents=m["forward_equivalents"],
-                       wall_s=m["wall_s"], final_train_reward=m["final_train_reward"])
+                       wall_s=m["wall_s"], gpu_hours=gpu_hours(m), final_train_reward=m["final_train_reward"])
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def summary_table(per_policy: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Rows per algorithm x reward setting; columns <metric>_mean/_std over seeds, cost, seeds."""
-    cost = [c for c in ("nfe_total", "forward_equivalents", "wall_s") if c in per_policy]
+def summary_table(per_policy: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo") -> pd.DataFrame:
+    """Rows per algorithm x reward setting (base first); columns <metric>_mean/_std over seeds,
+    <metric>_vs_<baseline>_pct (change against the baseline row of the same reward setting),
+    cost (NFE, forward-equivalents, wall-clock, GPU-hours) and the number of seeds."""
+    cost = [c for c in ("nfe_total", "forward_equivalents", "wall_s", "gpu_hours") if c in per_policy]
+    per_policy = per_policy.copy()
+    per_policy["_order"] = (per_policy["algorithm"] != "base").astype(int)
+    per_policy = per_policy.sort_values("_order", kind="stable")
     grouped = per_policy.groupby(["algorithm", "reward_setting"], sort=False)
     table = grouped[metrics].agg(["mean", "std"])
     table.columns = [f"{m}_{stat}" for m, stat in table.columns]
     for c in cost:
         table[c] = grouped[c].mean()
     table["seeds"] = grouped["policy"].count()
-    return table.reset_index()
+    table = table.reset_index()
+    for m in metrics:
+        reference = table[table["algorithm"] == baseline].set_index("reward_setting")[f"{m}_mean"]
+        ref = table["reward_setting"].map(reference)
+        table[f"{m}_vs_{baseline}_pct"] = 100 * (table[f"{m}_mean"] - ref) / ref.abs()
+    return table
 
 
-def markdown(table: pd.DataFrame, metrics: list[str]) -> str:
-    header = ["algorithm", "reward setting"] + metrics + ["NFE", "wall s", "seeds"]
+def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo") -> str:
+    """The table as Markdown: mean ± std, the best mean per metric in bold, % vs the baseline."""
+    header = ["algorithm", "reward setting"] + metrics + [f"Δ% vs {baseline} ({m})" for m in metrics]
+    header += ["NFE", "fwd-equiv", "wall s", "GPU h", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    best = {m: table[f"{m}_mean"].max() for m in metrics}
+    fmt = lambda v, spec: "" if pd.isna(v) else format(v, spec)
     for _, row in table.iterrows():
         cells = [row["algorithm"], row["reward_setting"]]
         for m in metrics:
-            std = row[f"{m}_std"]
-            cells.append(f"{row[f'{m}_mean']:.4f}" + ("" if pd.isna(std) else f" ± {std:.4f}"))
-        cells.append("" if pd.isna(row.get("nfe_total")) else f"{row['nfe_total']:.0f}")
-        cells.append("" if pd.isna(row.get("wall_s")) else f"{row['wall_s']:.1f}")
-        cells.append(str(int(row["seeds"])))
+            text = f"{row[f'{m}_mean']:.4f}" + ("" if pd.isna(row[f"{m}_std"]) else f" ± {row[f'{m}_std']:.4f}")
+            cells.append(f"**{text}**" if row[f"{m}_mean"] == best[m] else text)
+        cells += [fmt(row[f"{m}_vs_{baseline}_pct"], "+.1f") for m in metrics]
+        cells += [fmt(row.get("nfe_total"), ".0f"), fmt(row.get("forward_equivalents"), ".0f"),
+                  fmt(row.get("wall_s"), ".1f"), fmt(row.get("gpu_hours"), ".2f"), str(int(row["seeds"]))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -84,6 +105,61 @@ def plot_entropy_plan(profile: pd.DataFrame, plan: dict, path) -> None:
     plt.close(fig)
 
 
+def plot_reward_std(profile: pd.DataFrame, path) -> None:
+    """Measured reward std of the branches per step (each reward component), and the tie share."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    components = [c for c in profile.columns if c.startswith("reward_std_")]
+    ax.plot(profile["step"], profile["reward_std"], "o-", color="k", label="combined reward")
+    for c in components:
+        ax.plot(profile["step"], profile[c], ".--", alpha=0.8, label=c.removeprefix("reward_std_"))
+    ax.set_xlabel("denoising step of the single SDE branch")
+    ax.set_ylabel("reward std across the group")
+    twin = ax.twinx()
+    twin.bar(profile["step"], profile["tie_share"], alpha=0.15, color="tab:red")
+    twin.set_ylabel("share of tied groups", color="tab:red")
+    twin.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("Reward spread of branches per step (low spread: little to learn from)")
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8) -> None:
+    """Rows: base and the first seed of each policy; columns: the same prompts and seeds."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rows, labels, seen = [], [], set()
+    for directory in eval_dirs:
+        name = directory.name
+        kind = name if name == "base" else name.rsplit("-", 1)[0]
+        if kind in seen:
+            continue
+        seen.add(kind)
+        files = sorted((directory / "images").glob("*.png"))[:max_images]
+        if files:
+            rows.append([np.asarray(Image.open(f).convert("RGB")) for f in files])
+            labels.append(kind)
+    if not rows:
+        return
+    h, w = rows[0][0].shape[:2]
+    label_w, pad = 150, 2
+    n = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (label_w + n * (w + pad), len(rows) * (h + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (images, label) in enumerate(zip(rows, labels)):
+        draw.text((4, r * (h + pad) + h // 2 - 5), label, fill="black")
+        for c, img in enumerate(images):
+            canvas.paste(Image.fromarray(img), (label_w + c * (w + pad), r * (h + pad)))
+    tmp = Path(path).with_suffix(".tmp.png")
+    canvas.save(tmp)
+    tmp.replace(path)
+
+
 def plot_training(train_logs: list[str], path, x: str = "nfe_total") -> None:
     """Training reward against NFE: mean over seeds with a min-max band, one colour per run kind."""
     import matplotlib
@@ -111,6 +187,63 @@ def plot_training(train_logs: list[str], path, x: str = "nfe_total") -> None:
     plt.close(fig)
 
 
+def per_policy_from_mlflow(cfg: dict, filter_string: str = "") -> pd.DataFrame:
+    """The rows of `collect`, read from the MLflow store instead of the files: the latest finished
+    evaluate run of each policy, joined with the latest finished train run of its (algorithm,
+    reward setting, seed)."""
+    from egrpo.tracking import _mlflow
+
+    mlflow = _mlflow(cfg)
+    query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
+    runs = mlflow.search_runs(experiment_names=[cfg["experiment"]], filter_string=query)
+    if runs.empty:
+        return pd.DataFrame()
+    runs = runs.sort_values("start_time")
+    trains = runs[runs["tags.stage"] == "train"].drop_duplicates(
+        ["tags.algorithm", "tags.reward_setting", "tags.seed"], keep="last")
+    trains = trains.set_index(trains["tags.algorithm"] + "-" + trains["tags.reward_setting"] + "-seed" + trains["tags.seed"])
+    evals = runs[runs["tags.stage"] == "evaluate"].drop_duplicates("tags.policy", keep="last")
+    rows = []
+    for _, run in evals.iterrows():
+        name = run["tags.policy"]
+        row = {"policy": name, **{c.removeprefix("metrics.eval_"): run[c] for c in run.index
+                                  if c.startswith("metrics.eval_") and pd.notna(run[c])}}
+        if name == "base":
+            row.update(algorithm="base", reward_setting="-", seed=None)
+        elif name in trains.index:
+            t = trains.loc[name]
+            m = {"device": t.get("tags.device", "cpu"), "processes": int(t.get("tags.processes", 1) or 1),
+                 "wall_s": t["metrics.wall_s"]}
+            row.update(algorithm=t["tags.algorithm"], reward_setting=t["tags.reward_setting"], seed=int(t["tags.seed"]),
+                       nfe_total=t["metrics.nfe_total"], forward_equivalents=t["metrics.forward_equivalents"],
+                       wall_s=t["metrics.wall_s"], gpu_hours=gpu_hours(m), final_train_reward=t["metrics.reward_mean"])
+        else:
+            continue
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_compare(cfg: dict, filter_string: str = "", out_csv: str | None = None) -> pd.DataFrame:
+    """`egrpo compare`: the report's table straight from MLflow (printed as Markdown, optional CSV)."""
+    from egrpo.config import reward_names
+    from egrpo.errors import UserError
+
+    per_policy = per_policy_from_mlflow(cfg, filter_string)
+    if per_policy.empty:
+        raise UserError(f"no finished runs in MLflow experiment {cfg['experiment']!r}"
+                        + (f" matching {filter_string!r}" if filter_string else ""))
+    metrics = [m for m in reward_names(cfg) if m in per_policy]
+    table = summary_table(per_policy, metrics)
+    print(markdown(table, metrics), end="")
+    if out_csv:
+        atomic_write_text(out_csv, table.to_csv(index=False))
+    return table
+
+
+FILES = ("table.csv", "table.md", "entropy_plan.png", "reward_std_per_step.png", "train_reward_vs_nfe.png",
+         "train_reward_vs_wall.png", "image_grid.png")
+
+
 def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries, out_dir) -> pd.DataFrame:
     out_dir = Path(out_dir)
     from egrpo.config import reward_names
@@ -123,8 +256,11 @@ def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries,
         atomic_write_text(out_dir / "table.md", markdown(table, metrics))
         atomic_write_text(out_dir / "policies.csv", per_policy.to_csv(index=False))
         plot_entropy_plan(pd.read_csv(profile_csv), json.loads(Path(plan_json).read_text()), out_dir / "entropy_plan.png")
+        plot_reward_std(pd.read_csv(profile_csv), out_dir / "reward_std_per_step.png")
         logs = [str(Path(p).parent / "train_log.csv") for p in train_metrics]
         plot_training(logs, out_dir / "train_reward_vs_nfe.png", "nfe_total")
-        for f in ("table.csv", "table.md", "entropy_plan.png", "train_reward_vs_nfe.png"):
+        plot_training(logs, out_dir / "train_reward_vs_wall.png", "wall_s")
+        policy_image_grid([Path(p).parent for p in eval_summaries], out_dir / "image_grid.png")
+        for f in FILES:
             mlflow.log_artifact(str(out_dir / f))
     return table

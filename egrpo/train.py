@@ -257,7 +257,7 @@ class Trainer:
         main = self.accelerator.is_main_process
         iterations = self.tcfg["iterations"]
         tags = {"algorithm": self.algorithm_name, "reward_setting": self.reward_setting_name, "seed": self.seed,
-                "processes": self.world}
+                "processes": self.world, "device": self.model.device.type}
         run_name = f"train-{self.algorithm_name}-{self.reward_setting_name}-seed{self.seed}"
         tracking = stage_run(self.cfg, "train", tags, run_id=self.state["mlflow_run_id"], run_name=run_name) \
             if main else contextlib.nullcontext((None, None))
@@ -317,6 +317,8 @@ class Trainer:
             "plan": [{"start": s, "length": k} for s, k in self.plan] if self.plan else None,
             "resumed_from_iteration": st["resumed_from"],
             "mlflow_run_id": st["mlflow_run_id"],
+            "device": self.model.device.type,
+            "processes": self.world,
         }
         atomic_write_json(self.out_dir / "metrics.json", metrics)
         return metrics

@@ -92,6 +92,30 @@ def test_one_mlflow_run_per_job(workflow):
     assert ids == set(train["run_id"])
 
 
+def test_report_html_and_compare_agree_with_the_table(workflow):
+    import pandas as pd
+
+    r = workflow / RES / "report"
+    for f in ("reward_std_per_step.png", "train_reward_vs_wall.png", "image_grid.png"):
+        assert (r / f).is_file(), f
+    md = (r / "table.md").read_text()
+    assert "Δ% vs dancegrpo" in md and "**" in md
+    html = subprocess.run([sys.executable, "-m", "snakemake", "--configfile", "tests/data/micro.yaml",
+                           "--report", "report.html"], cwd=workflow, capture_output=True, text=True)
+    assert html.returncode == 0, html.stderr[-3000:]
+    page = (workflow / "report.html").read_text()
+    assert "table.csv" in page and "entropy_plan.png" in page and len(page) > 50_000
+    config = sorted((workflow / RES / "configs").glob("*.yaml"))[-1]
+    out = workflow / "compare.csv"
+    compare = subprocess.run([sys.executable, "-m", "egrpo", "compare", "--config", str(config), "--out", str(out)],
+                             cwd=workflow, capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stderr[-3000:]
+    assert "egrpo" in compare.stdout and "dancegrpo" in compare.stdout
+    from_mlflow = pd.read_csv(out).set_index(["algorithm", "reward_setting"]).sort_index()
+    from_files = pd.read_csv(r / "table.csv").set_index(["algorithm", "reward_setting"]).sort_index()
+    pd.testing.assert_frame_equal(from_mlflow[from_files.columns], from_files, check_dtype=False, atol=1e-6)
+
+
 def test_noop_rerun_and_forced_stage_rerun(workflow):
     again = snakemake(workflow, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -6,10 +6,15 @@ rule report:
         train=[f"{train_dir(a, r, s)}/metrics.json" for a, r, s in train_runs()],
         evals=[f"{RESULTS}/eval/{n}/summary.json" for n in policy_names()],
     output:
-        table=report(f"{RESULTS}/report/table.csv", category="Tables"),
+        table=report(f"{RESULTS}/report/table.csv", caption="../report/table.rst", category="Tables"),
         markdown=f"{RESULTS}/report/table.md",
-        entropy=report(f"{RESULTS}/report/entropy_plan.png", category="Entropy profile"),
-        curves=report(f"{RESULTS}/report/train_reward_vs_nfe.png", category="Training"),
+        entropy=report(f"{RESULTS}/report/entropy_plan.png", caption="../report/entropy_plan.rst",
+                       category="Entropy profile"),
+        curves=report(f"{RESULTS}/report/train_reward_vs_nfe.png", caption="../report/curves.rst", category="Training"),
+        wall=report(f"{RESULTS}/report/train_reward_vs_wall.png", caption="../report/curves.rst", category="Training"),
+        reward_std=report(f"{RESULTS}/report/reward_std_per_step.png", caption="../report/reward_std.rst",
+                          category="Entropy profile"),
+        images=report(f"{RESULTS}/report/image_grid.png", caption="../report/images.rst", category="Images"),
     params:
         cfg=stage_hash(extra=reward_names(config)),
         out=f"{RESULTS}/report",
