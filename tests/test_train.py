@@ -139,3 +139,51 @@ def test_two_process_data_parallel(tmp_path, tiny_model_dir):
     mlflow.set_tracking_uri(cfg["mlflow"]["tracking_uri"])
     runs = mlflow.search_runs(experiment_names=["micro"])
     assert len(runs) == 1 and runs["tags.processes"].iloc[0] == "2"
+
+
+def nan_for_red(cfg):
+    """A test reward: NaN for prompts that name red, a constant otherwise (all groups tie)."""
+    import torch
+
+    def reward(images, prompts):
+        return torch.tensor([float("nan") if "red" in p else 0.5 for p in prompts])
+
+    return reward
+
+
+def test_numerical_guards(tmp_path, tiny_model_dir, monkeypatch):
+    from egrpo import rewards
+
+    monkeypatch.setitem(rewards.REWARDS, "nan_for_red", rewards.RewardSpec("test_train:nan_for_red", "test"))
+    cfg = micro_config(tmp_path, train={"iterations": 2, "prompts_per_iteration": 2, "checkpoint_every": 1})
+    cfg["reward_settings"] = {"weird": {"nan_for_red": 1.0}}
+    cfg = validate(cfg)
+    m = run_train(cfg, "dancegrpo", "weird", 0, str(tiny_model_dir), None, tmp_path / "o", tmp_path / "r")
+    log = pd.read_csv(tmp_path / "o/train_log.csv")
+    assert log["nonfinite_samples"].sum() > 0, "NaN rewards are counted"
+    assert log["zero_std_ratio"].eq(1.0).all(), "every group ties or is NaN: zero-std ratio 1"
+    assert log["loss"].notna().all() and (log["loss"] == 0).all(), "all advantages are 0, never NaN"
+    assert m["iterations"] == 2
+
+
+def test_nonfinite_loss_skips_the_step(tmp_path, tiny_model_dir, monkeypatch):
+    from egrpo import sde
+    import torch
+
+    calls = {"n": 0}
+    original = sde.ppo_clip_loss
+
+    def sometimes_nan(*args, **kwargs):
+        loss, ratio = original(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 1 else loss), ratio
+
+    monkeypatch.setattr(sde, "ppo_clip_loss", sometimes_nan)
+    cfg = train_cfg(tmp_path, iterations=2)
+    run_train(cfg, "egrpo", "color", 0, str(tiny_model_dir), plan_file(tmp_path), tmp_path / "o", tmp_path / "r")
+    log = pd.read_csv(tmp_path / "o/train_log.csv")
+    assert list(log["skipped_steps"]) == [1, 0]
+    assert log["loss"].notna().all(), "the skipped loss is not averaged in"
+    from safetensors.torch import load_file
+    weights = load_file(str(tmp_path / "o/checkpoint/lora.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
