@@ -28,6 +28,10 @@ REWARDS: dict[str, RewardSpec] = {
     "jpeg_compressibility": RewardSpec(
         "egrpo.rewards.offline:jpeg_compressibility",
         "minus the JPEG size in kB at quality 95 (DDPO's compressibility)"),
+    "hps": RewardSpec(
+        "egrpo.rewards.openclip:hps",
+        "HPS v2.1: cosine of image and prompt embeddings of the HPS OpenCLIP ViT-H-14 (mapped into CLIPModel)",
+        "reward_models.hps.path (HPS_v2.1_compressed.pt) and .processor (a CLIP BPE tokenizer directory)"),
     "clip": RewardSpec(
         "egrpo.rewards.clip:clip_score",
         "CLIP score: cosine of image and prompt embeddings (transformers CLIPModel, e.g. ViT-H-14)",

@@ -58,7 +58,13 @@ class CLIPScorer:
 
 
 def clip_score(cfg: dict):
+    """A transformers CLIPModel directory / Hub id, or an original OpenCLIP checkpoint file."""
+    from pathlib import Path
+
     s = _settings(cfg, "clip")
+    if Path(s["path"]).is_file():
+        from egrpo.rewards.openclip import OpenCLIPScorer
+        return OpenCLIPScorer(s["path"], s.get("processor"), s.get("arch") or "ViT-H-14", s.get("dtype", "float32"))
     return CLIPScorer(s["path"], s.get("processor"), scale_by_logit=False, dtype=s.get("dtype", "float32"))
 
 

@@ -1,0 +1,203 @@
+"""OpenCLIP checkpoints (HPS v2.1, OpenCLIP CLIP score) loaded into transformers' CLIPModel.
+
+open_clip cannot run beside the CPU torch build (its torchvision import fails), so the original
+OpenCLIP state dict is mapped key by key onto `CLIPModel`, strictly: every key of the checkpoint
+is consumed and every parameter of the model is filled. Layout of an OpenCLIP ViT (text tower
+and `visual.` tower share the residual block layout):
+
+    token_embedding.weight, positional_embedding, ln_final.*, text_projection [width, embed]
+    transformer.resblocks.<i>.{ln_1, attn.in_proj_{weight,bias}, attn.out_proj, ln_2, mlp.c_fc, mlp.c_proj}
+    visual.{class_embedding, positional_embedding, conv1.weight, ln_pre, ln_post, proj [width, embed]}
+    visual.transformer.resblocks.<i>.*, logit_scale
+
+Images are preprocessed as OpenCLIP does: bicubic resize of the short side to 224, centre crop,
+normalization with OpenAI's CLIP mean and std.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from egrpo.errors import UserError
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# attention heads are the one thing the weights do not tell; ViT-H-14: 16 and 16
+ARCHS = {"ViT-H-14": {"vision_heads": 16, "text_heads": 16}}
+_BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+          "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+_IGNORED = {"attn_mask", "visual.attn_mask"}  # buffers some OpenCLIP versions save; not weights
+
+
+def load_openclip_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read an OpenCLIP checkpoint safely (safetensors, or torch.load with weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"OpenCLIP checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a pickle that is not plain tensors
+            raise UserError(f"{path}: not a plain tensor checkpoint ({str(e).splitlines()[0]})") from None
+    state = state.get("state_dict", state)
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _layers(state: dict, prefix: str) -> int:
+    found = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.", k))}
+    return max(found) + 1 if found else 0
+
+
+def config_from_state(state: dict, arch: str | dict = "ViT-H-14"):
+    """A CLIPConfig whose sizes are read off the checkpoint's shapes (heads from `arch`)."""
+    from transformers import CLIPConfig
+
+    heads = ARCHS[arch] if isinstance(arch, str) else arch
+    if isinstance(arch, str) and arch not in ARCHS:
+        raise UserError(f"unknown OpenCLIP architecture {arch!r}; known: {sorted(ARCHS)}")
+    width_v, _, patch, _ = state["visual.conv1.weight"].shape
+    grid = int(round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5))
+    vocab, width_t = state["token_embedding.weight"].shape
+    text = dict(vocab_size=vocab, hidden_size=width_t, num_hidden_layers=_layers(state, ""),
+                intermediate_size=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+                num_attention_heads=heads["text_heads"], max_position_embeddings=state["positional_embedding"].shape[0],
+                # eos_token_id 2 makes CLIPModel pool at the argmax token id, as OpenCLIP does
+                hidden_act="gelu", layer_norm_eps=1e-5, eos_token_id=2, bos_token_id=vocab - 2)
+    vision = dict(hidden_size=width_v, num_hidden_layers=_layers(state, "visual."), patch_size=patch,
+                  image_size=grid * patch, num_attention_heads=heads["vision_heads"], hidden_act="gelu",
+                  intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0], layer_norm_eps=1e-5)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=state["text_projection"].shape[1])
+
+
+_SIMPLE = {
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+    "visual.class_embedding": "vision_model.embeddings.class_embedding",
+    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
+    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
+    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
+    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
+    "logit_scale": "logit_scale",
+}
+_TRANSPOSED = {"text_projection": "text_projection.weight", "visual.proj": "visual_projection.weight"}
+
+
+def openclip_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map every OpenCLIP key to CLIPModel's; raise on a key it does not know (strict)."""
+    out, unknown = {}, []
+    for key, value in state.items():
+        if key in _IGNORED:
+            continue
+        if key in _SIMPLE:
+            out[_SIMPLE[key]] = value
+            continue
+        if key in _TRANSPOSED:  # OpenCLIP multiplies x @ proj; nn.Linear stores proj transposed
+            out[_TRANSPOSED[key]] = value.t().contiguous()
+            continue
+        tower, rest = ("vision_model", key[len("visual."):]) if key.startswith("visual.") else ("text_model", key)
+        m = re.match(r"transformer\.resblocks\.(\d+)\.(.+)$", rest)
+        if not m:
+            unknown.append(key)
+            continue
+        layer, tail = m.groups()
+        base = f"{tower}.encoder.layers.{layer}"
+        if tail in ("attn.in_proj_weight", "attn.in_proj_bias"):  # fused q, k, v
+            kind = tail.rsplit("_", 1)[1]
+            for name, part in zip("qkv", value.chunk(3, dim=0)):
+                out[f"{base}.self_attn.{name}_proj.{kind}"] = part
+            continue
+        module, _, kind = tail.rpartition(".")
+        if module in _BLOCK and kind in ("weight", "bias"):
+            out[f"{base}.{_BLOCK[module]}.{kind}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise UserError(f"OpenCLIP checkpoint has keys the mapping does not know: {unknown[:5]}")
+    return out
+
+
+def load_openclip_as_clipmodel(path: str | Path, arch: str | dict = "ViT-H-14", dtype: torch.dtype = torch.float32):
+    """CLIPModel with the OpenCLIP checkpoint's weights; every key consumed, none missing."""
+    from transformers import CLIPModel
+
+    state = load_openclip_state(path)
+    config = config_from_state(state, arch)
+    with torch.device("meta"):
+        model = CLIPModel(config)
+    mapped = openclip_to_hf(state)
+    expected = dict(model.state_dict())
+    missing = sorted(k for k in expected if k not in mapped and not k.endswith("position_ids"))
+    extra = sorted(k for k in mapped if k not in expected)
+    wrong = [k for k in mapped if k in expected and tuple(mapped[k].shape) != tuple(expected[k].shape)]
+    if missing or extra or wrong:
+        raise UserError(f"{path}: does not match the OpenCLIP layout: missing {missing[:3]}, unexpected {extra[:3]}, "
+                        f"wrong shapes {wrong[:3]}")
+    model.load_state_dict(mapped, strict=False, assign=True)
+    for name, buffer in model.named_buffers():  # position ids are not in the checkpoint
+        if buffer.is_meta:
+            module = model.get_submodule(name.rsplit(".", 1)[0])
+            setattr(module, name.rsplit(".", 1)[1], torch.arange(buffer.shape[-1]).expand(buffer.shape).clone())
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def openclip_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> OpenCLIP's input: bicubic resize (short side), centre crop, normalize."""
+    import torch.nn.functional as F
+
+    h, w = images.shape[-2:]
+    scale = size / min(h, w)
+    resized = F.interpolate(images.float(), size=(max(size, round(h * scale)), max(size, round(w * scale))),
+                            mode="bicubic", align_corners=False, antialias=True)
+    top, left = (resized.shape[-2] - size) // 2, (resized.shape[-1] - size) // 2
+    cropped = resized[..., top:top + size, left:left + size].clamp(0, 1)
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    return (cropped - mean) / std
+
+
+class OpenCLIPScorer:
+    """cosine(image, text) of an OpenCLIP model loaded into CLIPModel (HPS v2.1's score)."""
+
+    def __init__(self, path: str, tokenizer_path: str | None, arch: str | dict = "ViT-H-14", dtype: str = "float32"):
+        from transformers import CLIPTokenizer
+
+        self.model = load_openclip_as_clipmodel(path, arch, getattr(torch, dtype))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        if not tokenizer_path:
+            raise UserError(f"{path}: an OpenCLIP reward needs `processor`: a directory (or cached Hub id) with "
+                            "the CLIP BPE tokenizer, e.g. laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
+        try:
+            self.tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load the CLIP tokenizer from {tokenizer_path}: {str(e).splitlines()[0]}") from None
+        self.size = self.model.config.vision_config.image_size
+        self.context = self.model.config.text_config.max_position_embeddings
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        pixels = openclip_preprocess(images.cpu(), self.size).to(self.device, self.model.dtype)
+        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.context,
+                                return_tensors="pt").to(self.device)
+        image = self.model.get_image_features(pixel_values=pixels)
+        text = self.model.get_text_features(input_ids=tokens["input_ids"])
+        image = getattr(image, "pooler_output", image)
+        text = getattr(text, "pooler_output", text)
+        return torch.nn.functional.cosine_similarity(image.float(), text.float(), dim=-1).cpu()
+
+
+def hps(cfg: dict):
+    """HPS v2.1: the HPS checkpoint (HPS_v2.1_compressed.pt, OpenCLIP ViT-H-14) as a cosine score."""
+    from egrpo.rewards.clip import _settings
+
+    s = _settings(cfg, "hps")
+    return OpenCLIPScorer(s["path"], s.get("processor"), s.get("arch") or "ViT-H-14", s.get("dtype", "float32"))
