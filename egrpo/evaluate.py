@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from egrpo import sde
 from egrpo.config import reward_names
-from egrpo.io import atomic_write_json, atomic_write_text, load_prompts, save_figure
+from egrpo.io import atomic_write_json, atomic_write_text, load_prompts
 from egrpo.model import FlowModel, load_pipeline, load_policy
 from egrpo.rewards import build_reward
 from egrpo.rollout import ode_run

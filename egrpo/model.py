@@ -195,7 +195,8 @@ class FlowModel:
         noise = torch.randn(n, self.num_tokens, self.channels, generator=generator)
         return noise.to(self.device)
 
-    def velocity(self, x: torch.Tensor, sigma: float, cond: Conditioning, reference: bool = False) -> torch.Tensor:
+    def velocity(self, x: torch.Tensor, sigma: float | torch.Tensor, cond: Conditioning,
+                 reference: bool = False) -> torch.Tensor:
         """v = transformer(x, timestep=sigma, guidance) for a batch; adds the batch size to `nfe`.
 
         reference=True evaluates the reference policy (the base model: LoRA adapter switched off,
@@ -214,12 +215,15 @@ class FlowModel:
         self.nfe += x.shape[0]
         return self._forward(self.net, x, sigma, cond)
 
-    def _forward(self, net, x: torch.Tensor, sigma: float, cond: Conditioning) -> torch.Tensor:
+    def _forward(self, net, x: torch.Tensor, sigma: float | torch.Tensor, cond: Conditioning) -> torch.Tensor:
         batch = x.shape[0]
         if cond.prompt_embeds.shape[0] != batch:
             cond = cond.expand(batch)
         dtype = self.transformer.dtype
-        timestep = torch.full((batch,), float(sigma), device=self.device, dtype=dtype)
+        if torch.is_tensor(sigma) and sigma.ndim == 1:  # one sigma per sample
+            timestep = sigma.to(self.device, dtype)
+        else:
+            timestep = torch.full((batch,), float(sigma), device=self.device, dtype=dtype)
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((batch,), self.guidance, device=self.device, dtype=dtype)

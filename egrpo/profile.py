@@ -22,7 +22,7 @@ from egrpo.config import profile_reward_setting
 from egrpo.io import atomic_write_text, load_prompts, save_figure
 from egrpo.model import FlowModel, load_pipeline
 from egrpo.rewards import RewardSetting
-from egrpo.rollout import branch, ode_run
+from egrpo.rollout import ode_lanes, ode_run, sde_sample
 from egrpo.tracking import stage_run
 
 log = logging.getLogger("egrpo.profile")
@@ -41,10 +41,12 @@ def measure(model: FlowModel, cfg: dict, setting: RewardSetting, prompts) -> pd.
         cond = model.encode([prompt.text])
         x0 = model.initial_noise(1, generator)
         _, states, velocities = ode_run(model.velocity, x0, cond, sigmas, list(range(n + 1)), keep=True)
-        for i in range(n):
-            noise = model.initial_noise(group, generator)
-            _, _, finals = branch(model.velocity, states[i], velocities[i], cond.expand(group), sigmas, i, 1, noise, eta)
-            final = finals[1]
+        # every step's G branches, continued by ODE as lanes of one batched run
+        samples = [sde_sample(states[i], velocities[i], sigmas, i, 1, model.initial_noise(group, generator), eta)[0]
+                   for i in range(n)]
+        finals = ode_lanes(model.velocity, [(x, list(range(i + 1, n + 1))) for i, x in enumerate(samples)], cond,
+                           sigmas, sampling["max_batch_size"])
+        for i, final in enumerate(finals):
             components = setting.components(model.decode(final), [prompt.text] * group)
             combined = setting.combine(components).float()
             flat = final.flatten(1)

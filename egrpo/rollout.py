@@ -67,22 +67,56 @@ def ode_run(velocity: Callable, x: torch.Tensor, cond, sigmas: torch.Tensor, gri
     return (x, states, velocities) if keep else x
 
 
+def sde_sample(x_s: torch.Tensor, v_s: torch.Tensor, sigmas: torch.Tensor, s: int, k: int, noise: torch.Tensor,
+               eta: float, mean_std: Callable = sde.sde_mean_std):
+    """G samples of the SDE transition s -> s+k from one shared state x_s [1] with velocity v_s.
+
+    noise: [G, L, C], one independent draw per member. Returns (x_{s+k} [G], logp_old [G]).
+    """
+    mean, std = mean_std(x_s, v_s, sigmas, s, s + k, eta)
+    x_next = mean + std * noise
+    return x_next, sde.gaussian_log_prob(x_next, mean.expand_as(x_next), std)
+
+
+@torch.no_grad()
+def ode_lanes(velocity: Callable, lanes: list[tuple[torch.Tensor, list[int]]], cond, sigmas: torch.Tensor,
+              max_batch: int | None = None) -> list[torch.Tensor]:
+    """Run several ODE "lanes" together: lane l is latents [G_l, L, C] following its own index grid.
+
+    At tick t every lane that still has a step contributes its samples to one model call, each
+    sample at its own sigma (FLUX takes one timestep per sample), so the continuations of all plan
+    entries and strides of a prompt share model calls. The count of per-sample evaluations (NFE)
+    is unchanged; calls are split into chunks of at most `max_batch` samples.
+    """
+    xs = [x for x, _ in lanes]
+    ticks = max((len(grid) - 1 for _, grid in lanes), default=0)
+    for t in range(ticks):
+        active = [lane for lane, (_, grid) in enumerate(lanes) if t < len(grid) - 1]
+        batch = torch.cat([xs[lane] for lane in active])
+        sigma = torch.cat([torch.full((xs[lane].shape[0],), float(sigmas[lanes[lane][1][t]])) for lane in active])
+        step = max_batch or batch.shape[0]
+        v = torch.cat([velocity(batch[i:i + step], sigma[i:i + step], cond) for i in range(0, batch.shape[0], step)])
+        offset = 0
+        for lane in active:
+            n, grid = xs[lane].shape[0], lanes[lane][1]
+            xs[lane] = sde.ode_step(xs[lane], v[offset:offset + n], sigmas, grid[t], grid[t + 1])
+            offset += n
+    return xs
+
+
 @torch.no_grad()
 def branch(velocity: Callable, x_s: torch.Tensor, v_s: torch.Tensor, cond_group, sigmas: torch.Tensor,
            s: int, k: int, noise: torch.Tensor, eta: float, mean_std: Callable = sde.sde_mean_std,
            strides: tuple[int, ...] = (1,)):
-    """G samples of the SDE transition s -> s+k from one shared state, then ODE to the end.
+    """One group: the SDE transition s -> s+k from the shared x_s, then ODE to the end per stride.
 
-    x_s, v_s: [1, L, C], the shared state and its velocity (computed once, by the anchor).
-    noise: [G, L, C], one independent draw per member. Returns (x_{s+k} [G], logp_old [G],
-    {stride: final latents [G]}); the ODE continuation starts at index s + k.
+    Returns (x_{s+k} [G], logp_old [G], {stride: final latents [G]}); the ODE continuation
+    starts at index s + k.
     """
     n = len(sigmas) - 1
-    mean, std = mean_std(x_s, v_s, sigmas, s, s + k, eta)
-    x_next = mean + std * noise
-    logp = sde.gaussian_log_prob(x_next, mean.expand_as(x_next), std)
-    finals = {g: ode_run(velocity, x_next, cond_group, sigmas, ode_grid(s + k, n, g)) for g in strides}
-    return x_next, logp, finals
+    x_next, logp = sde_sample(x_s, v_s, sigmas, s, k, noise, eta, mean_std)
+    finals = ode_lanes(velocity, [(x_next, ode_grid(s + k, n, g)) for g in strides], cond_group, sigmas)
+    return x_next, logp, dict(zip(strides, finals))
 
 
 @torch.no_grad()

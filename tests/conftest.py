@@ -1,7 +1,6 @@
 """Test isolation: nothing outside the temp tree is read or written (HOME, caches, MLflow)."""
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +15,15 @@ for var, sub in {"HOME": "home", "XDG_CACHE_HOME": "cache", "HF_HOME": "hf", "TO
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A runnable copy of the workflow (Snakefile, rules, configs, profiles, test data) in dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in ("Snakefile", "workflow", "config", "profiles", "tests/data"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
+    return dest
 
 
 def micro_config(tmp_path: Path, **overrides) -> dict:

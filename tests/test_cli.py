@@ -2,7 +2,6 @@
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 from conftest import micro_config

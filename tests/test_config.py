@@ -1,5 +1,4 @@
 """Config validation: defaults, overrides, and one-line errors that name the key."""
-import copy
 
 import pytest
 

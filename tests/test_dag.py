@@ -1,13 +1,12 @@
 """The whole DAG through Snakemake on the micro config, in a temporary copy of the workflow."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import copy_workflow
 
 pytestmark = pytest.mark.slow
 RES = Path("results/micro")
@@ -39,12 +38,7 @@ def job_counts(output: str) -> dict:
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
     """A copy of the workflow, run once to completion."""
-    work = tmp_path_factory.mktemp("wf")
-    for item in ("Snakefile", "workflow", "config", "profiles"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
-    (work / "tests").mkdir()
-    shutil.copytree(ROOT / "tests/data", work / "tests/data")
+    work = copy_workflow(tmp_path_factory.mktemp("wf"))
     dry = snakemake(work, "-n")
     assert dry.returncode == 0, dry.stderr
     assert job_counts(dry.stdout + dry.stderr) == EXPECTED_JOBS

@@ -1,7 +1,6 @@
 """Faults on the local executor: killed jobs, --keep-going, Ctrl-C; concurrent MLflow writers."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -10,21 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import copy_workflow
 from test_dag import job_counts
 
 pytestmark = pytest.mark.slow
 RES = Path("results/micro")
 LONGER = ["--config", 'train={"iterations": 3, "checkpoint_every": 1}']
-
-
-def fresh_workflow(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for item in ("Snakefile", "workflow", "config", "profiles"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
-    shutil.copytree(ROOT / "tests/data", dest / "tests/data")
-    return dest
 
 
 def snakemake(work, *args, env=None):
@@ -33,7 +23,7 @@ def snakemake(work, *args, env=None):
 
 
 def test_killed_jobs_keep_going_then_resume(tmp_path):
-    work = fresh_workflow(tmp_path)
+    work = copy_workflow(tmp_path)
     killing = dict(os.environ, EGRPO_KILL_AFTER_ITERATION="2")
     first = snakemake(work, *LONGER, "--keep-going", "--retries", "0", env=killing)
     assert first.returncode != 0
@@ -56,8 +46,8 @@ def test_killed_jobs_keep_going_then_resume(tmp_path):
 
 
 def test_snakemake_retry_resumes_into_same_result_as_unbroken(tmp_path):
-    broken = fresh_workflow(tmp_path / "a")
-    unbroken = fresh_workflow(tmp_path / "b")
+    broken = copy_workflow(tmp_path / "a")
+    unbroken = copy_workflow(tmp_path / "b")
     env = dict(os.environ, EGRPO_KILL_AFTER_ITERATION="1")
     assert snakemake(broken, *LONGER, "--retries", "1", "--until", "train", env=env).returncode == 0
     assert snakemake(unbroken, *LONGER, "--until", "train").returncode == 0
@@ -70,7 +60,7 @@ def test_snakemake_retry_resumes_into_same_result_as_unbroken(tmp_path):
 
 
 def test_ctrl_c_then_continue(tmp_path):
-    work = fresh_workflow(tmp_path)
+    work = copy_workflow(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "tests/data/micro.yaml"],
                             cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     plan = work / RES / "plan/plan.json"

@@ -17,9 +17,12 @@ class RecordingModel:
         self.tokens, self.channels = tokens, channels
 
     def velocity(self, x, sigma, cond):
-        self.calls.append((round(float(sigma), 10), x.shape[0]))
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1)
+        sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        values = sorted({round(float(v), 6) for v in sigma})
+        self.calls.append((values[0] if len(values) == 1 else tuple(values), x.shape[0]))
         self.nfe += x.shape[0]
-        return -x + sigma
+        return -x + sigma.view(-1, 1, 1)
 
     def initial_noise(self, n, generator):
         return torch.randn(n, self.tokens, self.channels, generator=generator)
@@ -52,7 +55,7 @@ def test_branch_members_draw_distinct_noise_from_one_shared_state():
     torch.testing.assert_close(x_next, mean + std * noise)
     torch.testing.assert_close(logp, sde.gaussian_log_prob(x_next, mean.expand(5, -1, -1), std))
     # v(x_s) is not recomputed: the first call of the branch is already at sigma_3, batched over G
-    assert model.calls[0] == (round(float(sigmas[3]), 10), 5)
+    assert model.calls[0] == (round(float(sigmas[3]), 6), 5)
     assert all(batch == 5 for _, batch in model.calls)
 
 
@@ -65,7 +68,7 @@ def test_ode_continues_at_s_plus_k_with_exact_sigmas(s, k, stride):
     branch(model.velocity, x_s, -x_s, Cond(), sigmas, s, k, torch.randn(2, 3, 4), 0.7, strides=(stride,))
     grid = ode_grid(s + k, n, stride)
     assert grid[0] == s + k and grid[-1] == n
-    assert [c[0] for c in model.calls] == [round(float(sigmas[i]), 10) for i in grid[:-1]]
+    assert [c[0] for c in model.calls] == [round(float(sigmas[i]), 6) for i in grid[:-1]]
     assert len(model.calls) == ode_suffix_calls(s + k, n, stride) == math.ceil((n - s - k) / stride)
 
 
@@ -86,6 +89,38 @@ def test_egrpo_rollout_nfe_matches_formula_with_granularities():
         assert set(group.finals) == {"g1", "g2", "g3"}
     # training: one forward+backward per plan entry
     assert algo.expected_train_nfe(groups) == len(plan)
+
+
+def test_egrpo_lanes_equal_sequential_branches_with_fewer_calls():
+    n, g = 16, 4
+    cfg = cfg_for(n, g, egrpo={"granular_list": [1, 3]})
+    plan = [(0, 1), (2, 1), (6, 2), (9, 4)]
+    algo = build_algorithm("egrpo", cfg, plan)
+    model = RecordingModel()
+    groups = algo.rollout(model, Cond(), 0, torch.Generator().manual_seed(5), 0)
+    assert model.nfe == algo.expected_rollout_nfe(groups)
+    anchor_calls = 9 + 1
+    assert len(model.calls) == anchor_calls + ode_suffix_calls(1, n, 1), "one call per step for all lanes"
+    sequential = RecordingModel()
+    for group, (s, k) in zip(groups, plan):
+        tr = group.transitions[0]
+        v_s = -tr.x_from + float(algo.sigmas[s])
+        for stride in (1, 3):
+            noise = (tr.x_to - sde.sde_mean_std(tr.x_from, v_s, algo.sigmas, s, s + k, algo.eta)[0]) / \
+                sde.sde_mean_std(tr.x_from, v_s, algo.sigmas, s, s + k, algo.eta)[1]
+            _, _, finals = branch(sequential.velocity, tr.x_from, v_s, Cond(), algo.sigmas, s, k, noise, algo.eta,
+                                  strides=(stride,))
+            torch.testing.assert_close(group.finals[f"g{stride}"], finals[stride], atol=1e-5, rtol=1e-5)
+
+
+def test_egrpo_max_batch_splits_calls_not_nfe():
+    cfg = cfg_for(8, 4)
+    cfg["sampling"]["max_batch_size"] = 3
+    algo = build_algorithm("egrpo", cfg, [(0, 1), (1, 1), (2, 2)])
+    model = RecordingModel()
+    groups = algo.rollout(model, Cond(), 0, torch.Generator().manual_seed(0), 0)
+    assert model.nfe == algo.expected_rollout_nfe(groups)
+    assert max(batch for _, batch in model.calls) == 3
 
 
 def test_egrpo_anchor_is_shared_by_all_entries():
@@ -148,7 +183,7 @@ def test_mixgrpo_window_moves_and_nfe(iteration, expected_start):
     assert torch.unique(group.transitions[0].x_to.flatten(1), dim=0).shape[0] == g
     assert algo.expected_train_nfe(groups) == 1 + g * (w - 1)
     # ODE outside the window: the calls after it are at the unit grid's sigmas, batched over G
-    assert [c for c in model.calls[s + 1:]] == [(round(float(algo.sigmas[i]), 10), g) for i in range(s + 1, n)]
+    assert [c for c in model.calls[s + 1:]] == [(round(float(algo.sigmas[i]), 6), g) for i in range(s + 1, n)]
 
 
 def test_flowgrpo_is_all_step_sde_with_kl():

@@ -5,14 +5,12 @@ cluster that cannot start fails the test with the reason (it is not skipped).
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, copy_workflow
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -45,14 +43,6 @@ def cluster(tmp_path_factory):
         pytest.fail(f"could not start the local SLURM: {up.stderr[-2000:]}")
     yield state
     subprocess.run(["bash", str(ROOT / "tools/slurm_local.sh"), "down"], env=env, capture_output=True, timeout=120)
-
-
-def copy_workflow(dest: Path) -> Path:
-    for item in ("Snakefile", "workflow", "config", "profiles"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
-    shutil.copytree(ROOT / "tests/data", dest / "tests/data")
-    return dest
 
 
 def run_on_slurm(work, *extra, env=None):

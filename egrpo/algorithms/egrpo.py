@@ -3,7 +3,8 @@
 Per prompt: one shared initial noise and one ODE anchor trajectory x_0 … x_{s_max}, whose
 velocities are kept. For each plan entry (s, k) the G members of a group share x_s and v(x_s)
 (computed once, by the anchor), draw their own noise for the transition s -> s+k, and continue by
-ODE from index s+k to the end, once per stride g of `granular_list`. Advantages are normalized
+ODE from index s+k to the end, once per stride g of `granular_list`; the continuations of all
+entries and strides run as lanes of one batched ODE (one model call per step, per-sample sigma). Advantages are normalized
 within each (entry, stride, reward) group. Training needs one forward+backward per entry: the
 members share x_s, so one velocity gives all G log-probs.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from egrpo.algorithms.base import Algorithm
-from egrpo.rollout import Group, Transition, branch, ode_run, ode_suffix_calls
+from egrpo.rollout import Group, Transition, ode_grid, ode_lanes, ode_run, ode_suffix_calls, sde_sample
 
 
 class EGRPO(Algorithm):
@@ -44,14 +45,19 @@ class EGRPO(Algorithm):
         x0 = model.initial_noise(1, generator)
         s_max = max(s for s, _ in entries)
         _, states, velocities = ode_run(model.velocity, x0, cond, self.sigmas, list(range(s_max + 2)), keep=True)
-        cond_group = cond.expand(self.group_size)
-        groups = []
+        samples = []
         for s, k in entries:
             noise = model.initial_noise(self.group_size, generator)
-            x_next, logp, finals = branch(model.velocity, states[s], velocities[s], cond_group, self.sigmas,
-                                          s, k, noise, self.eta, self.mean_std, self.strides)
-            groups.append(Group(prompt_index, {f"g{g}": x for g, x in finals.items()},
-                                [Transition(s, s + k, states[s], x_next, logp)], {"start": s, "length": k}))
+            samples.append(sde_sample(states[s], velocities[s], self.sigmas, s, k, noise, self.eta, self.mean_std))
+        # the ODE continuations of every entry and stride share model calls (one per step)
+        lanes = [(x_next, ode_grid(s + k, self.num_steps, g)) for (s, k), (x_next, _) in zip(entries, samples)
+                 for g in self.strides]
+        finals = iter(ode_lanes(model.velocity, lanes, cond, self.sigmas, self.cfg["sampling"]["max_batch_size"]))
+        groups = []
+        for (s, k), (x_next, logp) in zip(entries, samples):
+            group_finals = {f"g{g}": next(finals) for g in self.strides}
+            groups.append(Group(prompt_index, group_finals, [Transition(s, s + k, states[s], x_next, logp)],
+                                {"start": s, "length": k}))
         return groups
 
     def expected_rollout_nfe(self, groups):
