@@ -74,7 +74,7 @@ def run_evaluate(cfg: dict, name: str, model_dir, checkpoint, out_dir) -> dict:
     pipe = load_pipeline(cfg, model_dir)
     if checkpoint:
         load_policy(pipe.transformer, checkpoint)
-    model = FlowModel(pipe, cfg)
+    model = FlowModel(pipe, cfg, resolution=ecfg["resolution"], guidance=ecfg["guidance"])
     rewards = {r: build_reward(r, cfg) for r in names}
     with stage_run(cfg, "evaluate", tags, run_name=f"evaluate-{name}") as (mlflow, run):
         rows, grid = [], []
@@ -92,7 +92,7 @@ def run_evaluate(cfg: dict, name: str, model_dir, checkpoint, out_dir) -> dict:
         table = pd.DataFrame(rows)
         atomic_write_text(out_dir / "scores.csv", table.to_csv(index=False))
         summary = {"name": name, "num_prompts": len(prompts), "images_per_prompt": ecfg["images_per_prompt"],
-                   "num_steps": num_steps,
+                   "num_steps": num_steps, "resolution": model.resolution, "guidance": model.guidance,
                    "metrics": {r: {"mean": float(table[r].mean()), "std": float(table[r].std(ddof=0))} for r in names},
                    "per_style": ({str(style): {r: float(g[r].mean()) for r in names}
                                   for style, g in table.groupby("style")} if table["style"].notna().any() else {}),

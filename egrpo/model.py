@@ -159,12 +159,13 @@ class FlowModel:
     counts forward evaluations per sample in `nfe` (the rollout and the trainer read it).
     """
 
-    def __init__(self, pipe, cfg: dict, device: torch.device | str = "cpu"):
+    def __init__(self, pipe, cfg: dict, device: torch.device | str = "cpu", resolution: int | None = None,
+                 guidance: float | None = None):
         self.pipe = pipe
         self.device = torch.device(device)
         self.transformer = pipe.transformer
-        self.resolution = cfg["sampling"]["resolution"]
-        self.guidance = cfg["sampling"]["guidance"]
+        self.resolution = resolution or cfg["sampling"]["resolution"]
+        self.guidance = cfg["sampling"]["guidance"] if guidance is None else guidance
         self.max_sequence_length = min(cfg["model"]["max_sequence_length"], pipe.tokenizer_2.model_max_length)
         factor = pipe.vae_scale_factor * 2
         if self.resolution % factor:

@@ -75,3 +75,18 @@ def test_two_builds_are_identical(tmp_path, micro):
     pipe = load_pipeline(micro, a)
     unknown = pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer("a zebra").input_ids)
     assert unknown[1] == "a</w>" and "".join(unknown[2:-1]).replace("</w>", "") == "zebra"
+
+
+def test_evaluation_resolution_differs_from_training(tmp_path, tiny_model_dir):
+    from conftest import micro_config
+    from egrpo.config import validate
+    from egrpo.evaluate import run_evaluate
+    import json
+
+    cfg = validate(micro_config(tmp_path, evaluate={"resolution": 32, "guidance": 2.0}))
+    summary = run_evaluate(cfg, "base", tiny_model_dir, None, tmp_path / "ev")
+    assert summary["resolution"] == 32 and summary["guidance"] == 2.0
+    from PIL import Image
+    image = Image.open(next((tmp_path / "ev/images").glob("*.png")))
+    assert image.size == (32, 32)
+    assert json.loads((tmp_path / "ev/summary.json").read_text())["metrics"]["prompt_color"]["mean"] >= 0
