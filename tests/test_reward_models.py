@@ -141,3 +141,108 @@ def test_clip_score_from_an_openclip_file_equals_hps_path(tiny_hps, tiny_clip_di
     hps = build_reward("hps", {"reward_models": {"hps": settings}})
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(clip(images, ["a red circle"] * 2), hps(images, ["a red circle"] * 2))
+
+
+def imagereward_layout(width_v=16, layers_v=2, patch=8, image=32, width_t=16, layers_t=2, vocab=40, positions=40,
+                       mlp=(1024, 128, 64, 16)):
+    """Names and shapes of the original ImageReward.pt (BLIP ViT + BERT with cross-attention + MLP head)."""
+    shapes = {"blip.visual_encoder.cls_token": (1, 1, width_v),
+              "blip.visual_encoder.pos_embed": (1, (image // patch) ** 2 + 1, width_v),
+              "blip.visual_encoder.patch_embed.proj.weight": (width_v, 3, patch, patch),
+              "blip.visual_encoder.patch_embed.proj.bias": (width_v,),
+              "blip.visual_encoder.norm.weight": (width_v,), "blip.visual_encoder.norm.bias": (width_v,),
+              "blip.vision_proj.weight": (256, width_v), "blip.vision_proj.bias": (256,),
+              "blip.text_proj.weight": (256, width_t), "blip.text_proj.bias": (256,),
+              "blip.text_encoder.embeddings.position_ids": (1, positions),
+              "blip.text_encoder.embeddings.word_embeddings.weight": (vocab, width_t),
+              "blip.text_encoder.embeddings.position_embeddings.weight": (positions, width_t),
+              "blip.text_encoder.embeddings.LayerNorm.weight": (width_t,),
+              "blip.text_encoder.embeddings.LayerNorm.bias": (width_t,)}
+    for i in range(layers_v):
+        b = f"blip.visual_encoder.blocks.{i}."
+        shapes.update({b + "norm1.weight": (width_v,), b + "norm1.bias": (width_v,),
+                       b + "attn.qkv.weight": (3 * width_v, width_v), b + "attn.qkv.bias": (3 * width_v,),
+                       b + "attn.proj.weight": (width_v, width_v), b + "attn.proj.bias": (width_v,),
+                       b + "norm2.weight": (width_v,), b + "norm2.bias": (width_v,),
+                       b + "mlp.fc1.weight": (4 * width_v, width_v), b + "mlp.fc1.bias": (4 * width_v,),
+                       b + "mlp.fc2.weight": (width_v, 4 * width_v), b + "mlp.fc2.bias": (width_v,)})
+    for i in range(layers_t):
+        b = f"blip.text_encoder.encoder.layer.{i}."
+        for attn, kv_width in (("attention", width_t), ("crossattention", width_v)):
+            shapes.update({b + f"{attn}.self.query.weight": (width_t, width_t), b + f"{attn}.self.query.bias": (width_t,),
+                           b + f"{attn}.self.key.weight": (width_t, kv_width), b + f"{attn}.self.key.bias": (width_t,),
+                           b + f"{attn}.self.value.weight": (width_t, kv_width), b + f"{attn}.self.value.bias": (width_t,),
+                           b + f"{attn}.output.dense.weight": (width_t, width_t), b + f"{attn}.output.dense.bias": (width_t,),
+                           b + f"{attn}.output.LayerNorm.weight": (width_t,), b + f"{attn}.output.LayerNorm.bias": (width_t,)})
+        shapes.update({b + "intermediate.dense.weight": (4 * width_t, width_t), b + "intermediate.dense.bias": (4 * width_t,),
+                       b + "output.dense.weight": (width_t, 4 * width_t), b + "output.dense.bias": (width_t,),
+                       b + "output.LayerNorm.weight": (width_t,), b + "output.LayerNorm.bias": (width_t,)})
+    sizes = (width_t, *mlp, 1)
+    for index, (a, b) in zip((0, 2, 4, 6, 7), zip(sizes, sizes[1:])):
+        shapes.update({f"mlp.layers.{index}.weight": (b, a), f"mlp.layers.{index}.bias": (b,)})
+    return shapes
+
+
+@pytest.fixture(scope="module")
+def tiny_imagereward(tmp_path_factory):
+    from transformers import BertTokenizer
+
+    root = tmp_path_factory.mktemp("imagereward")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle", "star", "on", "background"]
+    (root / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizer(str(root / "vocab.txt"))
+    tokenizer.save_pretrained(root / "tokenizer")
+    g = torch.Generator().manual_seed(0)
+    layout = imagereward_layout(vocab=len(words) + 2)
+    state = {k: (torch.arange(s[1]).unsqueeze(0) if k.endswith("position_ids") else torch.randn(s, generator=g) * 0.2)
+             for k, s in layout.items()}
+    torch.save(state, root / "ImageReward.pt")
+    return root, state
+
+
+def test_imagereward_loads_original_layout_and_scores(tiny_imagereward):
+    root, state = tiny_imagereward
+    cfg = {"reward_models": {"imagereward": {"path": str(root / "ImageReward.pt"), "processor": str(root / "tokenizer"),
+                                             "arch": {"vision_heads": 2, "text_heads": 2}}}}
+    reward = build_reward("imagereward", cfg)
+    torch.testing.assert_close(reward.vision.encoder.layers[1].self_attn.qkv.weight,
+                               state["blip.visual_encoder.blocks.1.attn.qkv.weight"])
+    torch.testing.assert_close(reward.text.encoder.layer[0].crossattention.self.key.weight,
+                               state["blip.text_encoder.encoder.layer.0.crossattention.self.key.weight"])
+    torch.testing.assert_close(reward.mlp[7].weight, state["mlp.layers.7.weight"])
+    images = torch.rand(3, 3, 48, 40, generator=torch.Generator().manual_seed(3))
+    scores = reward(images, ["a red circle", "a blue star on a red background", "a red circle"])
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+    assert not torch.allclose(scores[0], scores[1])
+
+
+def test_imagereward_loading_is_strict(tiny_imagereward, tmp_path):
+    from egrpo.rewards.imagereward import load_imagereward
+
+    _, state = tiny_imagereward
+    heads = {"vision_heads": 2, "text_heads": 2}
+    torch.save(dict(state, **{"blip.itm_head.weight": torch.zeros(2, 16)}), tmp_path / "extra.pt")
+    with pytest.raises(UserError, match="does not know"):
+        load_imagereward(tmp_path / "extra.pt", heads)
+    torch.save({k: v for k, v in state.items() if "crossattention.self.value.bias" not in k}, tmp_path / "missing.pt")
+    with pytest.raises(UserError, match="missing"):
+        load_imagereward(tmp_path / "missing.pt", heads)
+
+
+def test_imagereward_full_layout_matches_blip_on_meta_device():
+    """ViT-L/16 at 224 px + BERT-base with cross-attention + the 768-1024-128-64-16-1 head, no weights."""
+    from transformers.models.blip.modeling_blip import BlipVisionModel
+    from transformers.models.blip.modeling_blip_text import BlipTextModel
+
+    from egrpo.rewards.imagereward import configs_from_state, head, split_state
+
+    layout = imagereward_layout(width_v=1024, layers_v=24, patch=16, image=224, width_t=768, layers_t=12,
+                                vocab=30524, positions=512)
+    with torch.device("meta"):
+        vision, text, mlp = split_state({k: torch.empty(s) for k, s in layout.items()})
+        vision_config, text_config = configs_from_state(vision, text, "ImageReward-v1.0")
+        models = (BlipVisionModel(vision_config), BlipTextModel(text_config, add_pooling_layer=False), head(mlp))
+    for model, state in zip(models, (vision, text, mlp)):
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+        assert {k: tuple(v.shape) for k, v in state.items()} == expected
+    assert vision_config.num_attention_heads == 16 and text_config.num_attention_heads == 12

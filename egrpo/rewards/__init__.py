@@ -32,6 +32,10 @@ REWARDS: dict[str, RewardSpec] = {
         "egrpo.rewards.openclip:hps",
         "HPS v2.1: cosine of image and prompt embeddings of the HPS OpenCLIP ViT-H-14 (mapped into CLIPModel)",
         "reward_models.hps.path (HPS_v2.1_compressed.pt) and .processor (a CLIP BPE tokenizer directory)"),
+    "imagereward": RewardSpec(
+        "egrpo.rewards.imagereward:imagereward",
+        "ImageReward: BLIP image-text encoder + MLP head (original checkpoint mapped into transformers' BLIP)",
+        "reward_models.imagereward.path (ImageReward.pt) and .processor (a bert-base-uncased tokenizer directory)"),
     "clip": RewardSpec(
         "egrpo.rewards.clip:clip_score",
         "CLIP score: cosine of image and prompt embeddings (transformers CLIPModel, e.g. ViT-H-14)",
