@@ -38,6 +38,23 @@ def collect(train_metrics: list[str], eval_summaries: list[str]) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def per_style_table(eval_summaries: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds of every metric per prompt style (HPS v2 benchmark: anime,
+    concept-art, paintings, photo), for prompt files that give a style; empty otherwise."""
+    rows = []
+    for path in eval_summaries:
+        s = json.loads(Path(path).read_text())
+        kind = ("base", "-") if s["name"] == "base" else tuple(s["name"].rsplit("-", 2)[:2])
+        for style, metrics in s.get("per_style", {}).items():
+            rows += [{"algorithm": kind[0], "reward_setting": kind[1], "style": style, "metric": m, "value": v}
+                     for m, v in metrics.items()]
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    table = df.groupby(["algorithm", "reward_setting", "style", "metric"], sort=False)["value"].agg(["mean", "std"])
+    return table.reset_index()
+
+
 def summary_table(per_policy: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo") -> pd.DataFrame:
     """Rows per algorithm x reward setting (base first); columns <metric>_mean/_std over seeds,
     <metric>_vs_<baseline>_pct (change against the baseline row of the same reward setting),
@@ -144,7 +161,10 @@ def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8) -> None:
         if files:
             rows.append([np.asarray(Image.open(f).convert("RGB")) for f in files])
             labels.append(kind)
-    if not rows:
+    if not rows:  # evaluations without saved images (older runs): say so in the picture
+        canvas = Image.new("RGB", (320, 40), "white")
+        ImageDraw.Draw(canvas).text((8, 12), "no evaluation images found", fill="black")
+        canvas.save(path)
         return
     h, w = rows[0][0].shape[:2]
     label_w, pad = 150, 2
@@ -173,16 +193,24 @@ def plot_training(train_logs: list[str], path, x: str = "nfe_total") -> None:
         df["label"] = f"{metrics['algorithm']} / {metrics['reward_setting']}"
         df["seed"] = metrics["seed"]
         frames.append(df)
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    for label, df in pd.concat(frames).groupby("label"):
-        g = df.groupby("iteration").agg(x=(x, "mean"), mean=("reward_mean", "mean"),
-                                         lo=("reward_mean", "min"), hi=("reward_mean", "max"))
-        ax.plot(g["x"], g["mean"], label=label)
-        ax.fill_between(g["x"], g["lo"], g["hi"], alpha=0.2)
-    ax.set_xlabel({"nfe_total": "model forward evaluations (rollout + training)", "wall_s": "wall-clock [s]"}.get(x, x))
-    ax.set_ylabel("training reward (mean over group)")
-    ax.legend(fontsize=8)
-    ax.set_title("Training reward against cost (band: min-max over seeds)")
+    data = pd.concat(frames)
+    data["algorithm"] = data["label"].str.split(" / ").str[0]
+    data["setting"] = data["label"].str.split(" / ").str[1]
+    settings = list(dict.fromkeys(data["setting"]))
+    colours = {a: f"C{n}" for n, a in enumerate(dict.fromkeys(data["algorithm"]))}  # one colour per algorithm
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 3.8), squeeze=False)
+    for ax, setting in zip(axes[0], settings):  # one panel per reward setting: their scales differ
+        for algorithm, df in data[data["setting"] == setting].groupby("algorithm", sort=False):
+            g = df.groupby("iteration").agg(x=(x, "mean"), mean=("reward_mean", "mean"),
+                                             lo=("reward_mean", "min"), hi=("reward_mean", "max"))
+            ax.plot(g["x"], g["mean"], color=colours[algorithm], label=algorithm)
+            ax.fill_between(g["x"], g["lo"], g["hi"], color=colours[algorithm], alpha=0.15)
+        ax.set_title(f"reward setting: {setting}", fontsize=10)
+        ax.set_xlabel({"nfe_total": "model forward evaluations (rollout + training)",
+                       "wall_s": "wall-clock [s]"}.get(x, x))
+        ax.set_ylabel("training reward (mean over group)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Training reward against cost (line: mean over seeds; band: min-max)")
     save_figure(fig, path)
     plt.close(fig)
 
@@ -256,6 +284,8 @@ def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries,
         atomic_write_text(out_dir / "table.md", markdown(table, metrics))
         atomic_write_text(out_dir / "policies.csv", per_policy.to_csv(index=False))
         plot_entropy_plan(pd.read_csv(profile_csv), json.loads(Path(plan_json).read_text()), out_dir / "entropy_plan.png")
+        styles = per_style_table(eval_summaries)
+        atomic_write_text(out_dir / "per_style.csv", styles.to_csv(index=False))
         plot_reward_std(pd.read_csv(profile_csv), out_dir / "reward_std_per_step.png")
         logs = [str(Path(p).parent / "train_log.csv") for p in train_metrics]
         plot_training(logs, out_dir / "train_reward_vs_nfe.png", "nfe_total")

@@ -78,3 +78,19 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "done.txt").write_text("ok")
     assert (target / "done.txt").read_text() == "ok"
+
+
+def test_per_style_table(tmp_path):
+    from egrpo.report import per_style_table
+
+    def summary(name, values):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"name": name, "per_style": {"anime": {"hps": values[0]}, "photo": {"hps": values[1]}}}))
+        return str(path)
+
+    paths = [summary("base", (0.2, 0.3)), summary("egrpo-hps-seed0", (0.4, 0.5)), summary("egrpo-hps-seed1", (0.6, 0.7))]
+    table = per_style_table(paths).set_index(["algorithm", "style"])
+    assert table.loc[("egrpo", "anime"), "mean"] == pytest.approx(0.5)
+    assert table.loc[("egrpo", "photo"), "std"] == pytest.approx(0.1414, abs=1e-3)
+    assert table.loc[("base", "photo"), "mean"] == pytest.approx(0.3)
+    assert per_style_table([]).empty
