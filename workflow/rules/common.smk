@@ -18,6 +18,9 @@ EXP = config["experiment"]
 RESULTS = f"results/{EXP}"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
+# Every `egrpo` call reads this resolved config. Rules use it as a global, not as params: params
+# would rerun every job on any config change; instead each rule's params carry `stage_hash(...)`
+# of the sections it reads, so a change reruns exactly the stages it affects.
 CONFIG_FILE = str(write_resolved(config, f"{RESULTS}/configs"))
 TINY = config["model"]["source"] == "tiny"
 MODEL_DIR = f"{RESULTS}/model" if TINY else config["model"]["path"]
@@ -51,3 +54,21 @@ def train_runs():
 
 def policy_names():
     return ["base"] + [f"{a}-{r}-seed{s}" for a, r, s in train_runs()]
+
+
+def train_inputs(wildcards):
+    """Only algorithms that use the merge plan depend on it: rerunning threshold keeps baselines."""
+    inputs = {"model": model_input(), "prompts": config["prompts"]["train"]}
+    if wildcards.algorithm in ALGORITHMS_USING_PLAN:
+        inputs["plan"] = f"{RESULTS}/plan/plan.json"
+    return inputs
+
+
+def evaluate_inputs(wildcards):
+    inputs = {"model": model_input(), "prompts": config["prompts"]["eval"]}
+    if wildcards.name != "base":
+        algorithm, reward_setting, seed = wildcards.name.rsplit("-", 2)
+        run = train_dir(algorithm, reward_setting, seed.removeprefix("seed"))
+        inputs["checkpoint"] = f"{run}/checkpoint"
+        inputs["metrics"] = f"{run}/metrics.json"
+    return inputs

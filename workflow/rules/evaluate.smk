@@ -1,13 +1,3 @@
-def evaluate_inputs(wildcards):
-    inputs = {"model": model_input(), "prompts": config["prompts"]["eval"]}
-    if wildcards.name != "base":
-        algorithm, reward_setting, seed = wildcards.name.rsplit("-", 2)
-        run = train_dir(algorithm, reward_setting, seed.removeprefix("seed"))
-        inputs["checkpoint"] = f"{run}/checkpoint"
-        inputs["metrics"] = f"{run}/metrics.json"
-    return inputs
-
-
 rule evaluate:
     """Held-out prompts, fixed seeds, every reward of the config: base model or a trained policy."""
     input:

@@ -1,11 +1,3 @@
-def train_inputs(wildcards):
-    """Only algorithms that use the merge plan depend on it: rerunning threshold keeps baselines."""
-    inputs = {"model": model_input(), "prompts": config["prompts"]["train"]}
-    if wildcards.algorithm in ALGORITHMS_USING_PLAN:
-        inputs["plan"] = f"{RESULTS}/plan/plan.json"
-    return inputs
-
-
 rule train:
     """GRPO training of one (algorithm, reward setting, seed); resume state outside the outputs."""
     input:
