@@ -141,6 +141,13 @@ class Trainer:
         log.info("resuming from iteration %d (%s)", self.state["iteration"], self.state_dir)
         return True
 
+    def optimizer_step(self) -> float:
+        """Clip the gradient norm, step, clear; returns the norm before clipping."""
+        norm = float(self.accelerator.clip_grad_norm_(self.params, self.tcfg["max_grad_norm"]))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
     # ---- one iteration -------------------------------------------------------------------------
     def iteration(self, it: int) -> dict:
         tcfg, model = self.tcfg, self.model
@@ -166,8 +173,9 @@ class Trainer:
         losses, ratios, first_dev, clipped, grad_norms, skipped, dropped = [], [], [], [], [], 0, 0
         kls, nfe_ref0 = [], model.nfe_reference
         updated = False  # |ratio - 1| is recorded only before the first optimizer step of the iteration
+        per_entry = tcfg["optimizer_step"] == "per_entry"
         for epoch in range(tcfg["inner_epochs"]):
-            for n, (group, tr, adv) in enumerate(items):
+            for group, tr, adv in items:
                 keep = torch.isfinite(tr.logp_old)
                 dropped += int((~keep).sum()) if epoch == 0 else 0
                 adv_used = torch.where(keep, adv, torch.zeros_like(adv)).to(model.device)
@@ -183,14 +191,14 @@ class Trainer:
                     kl = sde.gaussian_kl_same_std(mean, mean_ref, std).mean()
                     kls.append(float(kl.detach()))
                     loss = loss + self.algo.kl_beta * kl
-                if not torch.isfinite(loss):
+                if not torch.isfinite(loss):  # skip it; gradients accumulated so far are kept
                     skipped += 1
                     log.warning("iteration %d: non-finite loss, step skipped", it)
-                    self.optimizer.zero_grad(set_to_none=True)
                     if self.world == 1:
                         continue
-                    loss = sum(p.sum() for p in self.params) * 0.0  # keep the DDP backward calls in step
-                per_entry = tcfg["optimizer_step"] == "per_entry"
+                    # other processes do call backward: keep DDP's collective calls in step
+                    self.accelerator.backward(sum(p.sum() for p in self.params) * 0.0)
+                    continue
                 self.accelerator.backward(loss if per_entry else loss / len(items))
                 losses.append(float(loss.detach()))
                 r = ratio.detach()[keep]
@@ -198,11 +206,12 @@ class Trainer:
                 clipped.append(((r - 1).abs() > tcfg["clip_range"]).float())
                 if not updated:
                     first_dev.append((r - 1).abs())
-                if per_entry or n == len(items) - 1:
-                    grad_norms.append(float(self.accelerator.clip_grad_norm_(self.params, tcfg["max_grad_norm"])))
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                if per_entry:
+                    grad_norms.append(self.optimizer_step())
                     updated = True
+            if not per_entry:
+                grad_norms.append(self.optimizer_step())
+                updated = True
         nfe_train = model.nfe - nfe1
         nfe_reference = model.nfe_reference - nfe_ref0
         elapsed = time.perf_counter() - start
@@ -234,6 +243,7 @@ class Trainer:
             "ratio_abs_dev_first": float(cat(first_dev).mean()) if first_dev else math.nan,
             "clip_fraction": float(cat(clipped).mean()) if clipped else math.nan,
             "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else math.nan,
+            "grad_norm_max": max(grad_norms) if grad_norms else math.nan,
             "groups": len(groups),
             "transitions": len(items),
             "nfe_rollout": nfe_rollout,

@@ -187,3 +187,20 @@ def test_nonfinite_loss_skips_the_step(tmp_path, tiny_model_dir, monkeypatch):
     from safetensors.torch import load_file
     weights = load_file(str(tmp_path / "o/checkpoint/lora.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_per_entry_steps_and_accumulation(tmp_path, tiny_model_dir):
+    """per_entry: one optimizer step per transition (|ratio-1| recorded before the first only);
+    per_iteration: one step per iteration over the accumulated transitions."""
+    clip = {}
+    for mode in ("per_entry", "per_iteration"):
+        cfg = train_cfg(tmp_path, iterations=1, optimizer_step=mode)
+        run_train(cfg, "egrpo", "color", 0, str(tiny_model_dir), plan_file(tmp_path), tmp_path / mode, tmp_path / f"r{mode}")
+        log = pd.read_csv(tmp_path / mode / "train_log.csv")
+        assert log["ratio_abs_dev_first"].iloc[0] < 1e-6 and log["grad_norm_max"].iloc[0] >= log["grad_norm"].iloc[0]
+        clip[mode] = log["clip_fraction"].iloc[0]
+    assert clip["per_iteration"] == 0.0, "one step after all transitions: every ratio is 1"
+    assert clip["per_entry"] > 0.0, "the policy moved between transitions"
+    a = json.loads((tmp_path / "per_entry/metrics.json").read_text())
+    b = json.loads((tmp_path / "per_iteration/metrics.json").read_text())
+    assert a["nfe_train_total"] == b["nfe_train_total"]
