@@ -63,8 +63,11 @@ def score_groups(groups, model: FlowModel, setting: RewardSetting, prompts, adv_
         size = groups[gi].finals[label].shape[0]
         part = slice(offset, offset + size)
         offset += size
+        # a sample with any non-finite component is dropped from its group (advantage 0)
+        valid = torch.stack([torch.isfinite(scores[part]) for scores in components.values()]).all(0)
         for name, scores in components.items():
-            advantages[gi] += setting.weights[name] * sde.group_advantages(scores[part])
+            masked = torch.where(valid, scores[part], torch.full_like(scores[part], float("nan")))
+            advantages[gi] += setting.weights[name] * sde.group_advantages(masked)
         group_combined = combined[part]
         finite = group_combined[torch.isfinite(group_combined)]
         nonfinite += size - finite.numel()

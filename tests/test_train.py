@@ -204,3 +204,37 @@ def test_per_entry_steps_and_accumulation(tmp_path, tiny_model_dir):
     a = json.loads((tmp_path / "per_entry/metrics.json").read_text())
     b = json.loads((tmp_path / "per_iteration/metrics.json").read_text())
     assert a["nfe_train_total"] == b["nfe_train_total"]
+
+
+def test_score_groups_drops_a_sample_with_any_nonfinite_component():
+    import torch
+
+    from egrpo.rewards import RewardSetting
+    from egrpo.rollout import Group
+    from egrpo.train import score_groups
+
+    class Decoder:
+        def decode(self, latents):
+            return latents
+
+    class Setting(RewardSetting):
+        def __init__(self):
+            self.weights = {"a": 1.0, "b": 1.0}
+
+        def components(self, images, prompts):
+            return {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([0.0, float("nan"), 1.0, 1.0])}
+
+    from egrpo.io import Prompt
+    group = Group(0, {"g1": torch.zeros(4, 1)}, [])
+    scored = score_groups([group], Decoder(), Setting(), [Prompt("p")], adv_clip=5.0)
+    adv = scored.advantages[0]
+    assert adv[1] == 0.0 and torch.isfinite(adv).all()
+    # component a over the three valid samples (1, 3, 4) and b over (0, 1, 1)
+    expected = sde_adv(torch.tensor([1.0, 3.0, 4.0])) + sde_adv(torch.tensor([0.0, 1.0, 1.0]))
+    torch.testing.assert_close(adv[[0, 2, 3]], expected)
+    assert scored.nonfinite == 1
+
+
+def sde_adv(x):
+    from egrpo.sde import group_advantages
+    return group_advantages(x)
