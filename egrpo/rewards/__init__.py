@@ -28,6 +28,9 @@ REWARDS: dict[str, RewardSpec] = {
     "jpeg_compressibility": RewardSpec(
         "egrpo.rewards.offline:jpeg_compressibility",
         "minus the JPEG size in kB at quality 95 (DDPO's compressibility)"),
+    "alignment": RewardSpec(
+        "egrpo.tinyworld:alignment_reward",
+        "tiny world ground truth: colour match of the named shape's region and of the background"),
     "hps": RewardSpec(
         "egrpo.rewards.openclip:hps",
         "HPS v2.1: cosine of image and prompt embeddings of the HPS OpenCLIP ViT-H-14 (mapped into CLIPModel)",
