@@ -194,3 +194,16 @@ def test_flowgrpo_is_all_step_sde_with_kl():
     model = RecordingModel()
     groups = algo.rollout(model, Cond(), 0, torch.Generator().manual_seed(0), 0)
     assert model.nfe == g * n and len(groups[0].transitions) == n
+
+
+def test_plan_users_agree_with_the_snakefile_registry():
+    """The Snakefile reads ALGORITHMS_USING_PLAN without importing torch; it must match the classes."""
+    import importlib
+
+    from egrpo.algorithms import ALGORITHMS
+    from egrpo.config import ALGORITHMS_USING_PLAN, _load_schema
+
+    assert set(ALGORITHMS) == set(_load_schema()["properties"]["algorithms"]["items"]["enum"])
+    for name, target in ALGORITHMS.items():
+        module, cls = target.split(":")
+        assert getattr(importlib.import_module(module), cls).uses_plan == (name in ALGORITHMS_USING_PLAN), name
