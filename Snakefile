@@ -30,6 +30,7 @@ rule all:
         f"{RESULTS}/report/table.md",
         f"{RESULTS}/report/entropy_plan.png",
         f"{RESULTS}/report/train_reward_vs_nfe.png",
+        [f"{RESULTS}/report/claims.md", f"{RESULTS}/report/claims.json"] if config["claims"]["enabled"] else [],
 
 
 onstart:

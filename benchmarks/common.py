@@ -22,7 +22,10 @@ def benchmark_config(tiny: dict | None = None, **sampling) -> dict:
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     for key in ("train", "eval"):
         cfg["prompts"][key] = str(ROOT / cfg["prompts"][key])
+    cfg["model"]["source"] = "tiny"  # random weights of a chosen size (speed does not depend on them)
     cfg["model"]["tiny"] = dict(tiny or MEDIUM)
+    cfg["reward_settings"] = {"color": {"prompt_color": 1.0}}  # a cheap reward: the model's cost is measured
+    cfg["evaluate"]["metrics"] = []
     cfg["sampling"].update(sampling)
     tmp = Path(tempfile.mkdtemp(prefix="egrpo-bench-"))
     cfg["mlflow"] = {"tracking_uri": f"sqlite:///{tmp}/mlflow.db"}

@@ -38,6 +38,10 @@ def main() -> None:
     parser.add_argument("--text-tokens", type=int, default=512)
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters with gradient checkpointing")
+    parser.add_argument("--attention", choices=["default", "flash", "efficient", "cudnn", "math"], default="flash",
+                        help="SDPA backend (flash: flash + memory-efficient kernels; cuDNN's backward failed "
+                             "with 'mha_graph.execute' on torch 2.11 + H100 here)")
+    parser.add_argument("--no-checkpointing", action="store_true", help="with --lora: keep every activation")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the GPU (default: from its name)")
     parser.add_argument("--tiny", action="store_true", help="a tiny config (smoke check of the code path)")
     parser.add_argument("--device", default="cuda")
@@ -68,17 +72,26 @@ def main() -> None:
         from egrpo.model import add_lora
         model.requires_grad_(False)
         add_lora(model, 64, 64)
-        model.enable_gradient_checkpointing()
+        if not args.no_checkpointing:
+            model.enable_gradient_checkpointing()
     else:
         model.requires_grad_(True)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
     print(f"device {gpu}; transformer {params / 1e9:.2f} B parameters; G = {args.group_size}; "
-          f"{'LoRA + checkpointing' if args.lora else 'full backward'}")
+          f"{('LoRA' + ('' if args.no_checkpointing else ' + checkpointing')) if args.lora else 'full backward'}")
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
+
+    if args.attention != "default" and device.type == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        backends = {"flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+                    "efficient": [SDPBackend.EFFICIENT_ATTENTION], "cudnn": [SDPBackend.CUDNN_ATTENTION],
+                    "math": [SDPBackend.MATH]}[args.attention]
+        sdpa_kernel(backends).__enter__()  # for the rest of the process
+    print(f"attention backend: {args.attention}")
 
     best_mfu = 0.0
     for resolution in args.resolution:

@@ -24,6 +24,16 @@ def _parser() -> argparse.ArgumentParser:
     p = stage("build-model", "Build the tiny offline FLUX pipeline and save it (safetensors).")
     p.add_argument("--out", required=True, help="output directory of the FluxPipeline")
 
+    p = stage("pretrain", "Train the tiny world's base model (VAE + flow transformer) and its tinyclip reward.")
+    p.add_argument("--out", required=True, help="output directory: writes tinyworld/, tinyclip/ and pretrain.json")
+
+    p = stage("claims", "Test the paper's claims on the measured profile and held-out curves (claims.md/json/png).")
+    p.add_argument("--profile", required=True, help="entropy.csv of `egrpo profile`")
+    p.add_argument("--merged", help="entropy_merged.csv of `egrpo profile` (merged transitions)")
+    p.add_argument("--train-metrics", nargs="+", required=True, help="metrics.json of every train run")
+    p.add_argument("--pretrain", help="pretrain.json of the base model (its alignment vs chance)")
+    p.add_argument("--out", required=True, help="output directory")
+
     p = stage("profile", "Entropy profile per denoising step: analytic and measured (csv + png).")
     p.add_argument("--model", help="FluxPipeline directory (default: model.path)")
     p.add_argument("--out-csv", required=True)
@@ -146,6 +156,17 @@ def _dispatch(args) -> None:
     if args.command == "build-model":
         from egrpo.model import run_build_model
         run_build_model(cfg, args.out)
+    elif args.command == "pretrain":
+        from egrpo.pretrain import run_pretrain
+        r = run_pretrain(cfg, args.out)
+        b = {k: "n/a" if v is None else f"{v:.3f}" for k, v in r["base_model"].items()}
+        print(f"base model alignment {b['alignment']} (chance {b['chance']}, ceiling {b['ceiling']}); "
+              f"tinyclip top-1 {r['tinyclip']['top1']:.2f} (chance {r['tinyclip']['chance']:.3f}); {args.out}")
+    elif args.command == "claims":
+        from egrpo.claims import run_claims
+        r = run_claims(cfg, args.profile, args.merged, args.train_metrics, args.pretrain, args.out)
+        f = r.get("nfe_fraction_to_match_dancegrpo") or {}
+        print(f"claims written to {args.out}; nfe_fraction_to_match_dancegrpo = {f.get('mean')}")
     elif args.command == "profile":
         from egrpo.profile import run_profile
         run_profile(cfg, args.model, args.out_csv, args.out_png)

@@ -125,9 +125,24 @@ def _check_semantics(cfg: dict) -> None:
     for reward in cfg["evaluate"]["metrics"]:
         if reward not in REWARDS:
             raise ConfigError(f"evaluate.metrics: unknown reward {reward!r}; expected one of {sorted(REWARDS)}")
+    if heldout_enabled(cfg):
+        for reward in cfg["train"]["heldout"]["metrics"]:
+            if reward not in REWARDS:
+                raise ConfigError(f"train.heldout.metrics: unknown reward {reward!r}; expected one of {sorted(REWARDS)}")
     for reward in reward_names(cfg):
         if "path" in REWARDS[reward].needs and reward not in cfg["reward_models"]:
             raise ConfigError(f"reward_models.{reward}: reward {reward!r} needs {REWARDS[reward].needs}")
+    c = cfg["claims"]
+    if c["enabled"]:
+        if c["reward_setting"] is None:
+            c["reward_setting"] = next(iter(cfg["reward_settings"]))
+        if c["reward_setting"] not in cfg["reward_settings"]:
+            raise ConfigError(f"claims.reward_setting: {c['reward_setting']!r} is not a key of reward_settings")
+        if not heldout_enabled(cfg) or c["heldout_metric"] not in cfg["train"]["heldout"]["metrics"]:
+            raise ConfigError(f"claims.heldout_metric: {c['heldout_metric']!r} must be measured during training "
+                              "(set train.heldout.every and list it in train.heldout.metrics)")
+        if "egrpo" not in cfg["algorithms"] or "dancegrpo" not in cfg["algorithms"]:
+            raise ConfigError("claims.enabled: the claims compare egrpo with dancegrpo; list both in algorithms")
     rs = cfg["profile"]["reward_setting"]
     if rs is not None and rs not in cfg["reward_settings"]:
         raise ConfigError(f"profile.reward_setting: {rs!r} is not a key of reward_settings "
@@ -152,7 +167,7 @@ def _check_semantics(cfg: dict) -> None:
     if m["source"] == "pretrained" and not m["path"]:
         raise ConfigError("model.path: model.source 'pretrained' needs a local path or Hub id")
     res = cfg["sampling"]["resolution"]
-    if m["source"] == "tiny":
+    if m["source"] in ("tiny", "pretrain"):
         multiple = 2 ** m["tiny"]["vae_blocks"]
         if res % multiple:
             raise ConfigError(f"sampling.resolution: {res} must be a multiple of {multiple} "
@@ -173,7 +188,8 @@ def load(path: str | os.PathLike) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     try:
-        return validate(cfg if cfg is not None else {})
+        # PyYAML reads 3e-3 (no dot) as a string: numbers are coerced where the schema wants one
+        return validate(coerce_strings(cfg) if isinstance(cfg, dict) else (cfg if cfg is not None else {}))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
@@ -196,12 +212,19 @@ def write_resolved(cfg: dict, directory: str | os.PathLike) -> Path:
     return path
 
 
+def heldout_enabled(cfg: dict) -> bool:
+    h = cfg["train"]["heldout"]
+    return h["every"] is not None or h["every_forward_equivalents"] is not None
+
+
 def reward_names(cfg: dict) -> list[str]:
     """Every reward the config mentions: those of the reward settings, then evaluate.metrics."""
     names: list[str] = []
     for weights in cfg["reward_settings"].values():
         names += [r for r in weights if r not in names]
     names += [r for r in cfg["evaluate"]["metrics"] if r not in names]
+    if heldout_enabled(cfg):
+        names += [r for r in cfg["train"]["heldout"]["metrics"] if r not in names]
     return names
 
 

@@ -27,11 +27,12 @@ def image_seed(base: int, prompt_index: int, image_index: int) -> int:
     return base * 1_000_003 + prompt_index * 1009 + image_index
 
 
-def sample_images(model: FlowModel, prompts, num_steps: int, shift: float, per_prompt: int, seed: int):
+def sample_images(model: FlowModel, prompts, num_steps: int, shift: float, per_prompt: int, seed: int,
+                  progress: bool = True):
     """Yield (prompt index, image index, seed, image [3, H, W]) for every prompt and image."""
     sigmas = sde.sigma_schedule(num_steps, shift)
     grid = list(range(num_steps + 1))
-    for p, prompt in enumerate(tqdm(prompts, desc="evaluate", unit="prompt")):
+    for p, prompt in enumerate(tqdm(prompts, desc="evaluate", unit="prompt", disable=not progress)):
         cond = model.encode([prompt.text])
         seeds = [image_seed(seed, p, m) for m in range(per_prompt)]
         x0 = torch.cat([model.initial_noise(1, torch.Generator().manual_seed(s)) for s in seeds])

@@ -7,11 +7,14 @@ the G final latents and of their rewards measures how much that step explores:
     pairwise_distance mean L2 distance between members' final latents
     reward_std        std across the group of the combined reward of `profile.reward_setting`
     tie_share         share of prompts whose group rewards are indistinguishable (std <= tie_tolerance)
-Rows are averaged over prompts; the analytic entropy H(i, 1) stands beside them.
+Rows are averaged over prompts; the analytic entropy H(i, 1) stands beside them (entropy.csv).
+For each k in profile.merge_lengths the merged transitions i -> i+k are measured the same way,
+beside H(i, k) (entropy_merged.csv, next to entropy.csv).
 """
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -29,44 +32,48 @@ log = logging.getLogger("egrpo.profile")
 
 
 def measure(model: FlowModel, cfg: dict, setting: RewardSetting, prompts) -> pd.DataFrame:
+    """Rows per (step, length): length 1 for every step, plus profile.merge_lengths (merged SDE
+    transitions i -> i+k, drawn with the same per-member noise as the single step i, so the two
+    are compared on paired draws)."""
     sampling, pcfg = cfg["sampling"], cfg["profile"]
     n, eta = sampling["num_steps"], sampling["eta"]
     group = pcfg["group_size"] or sampling["group_size"]
     sigmas = sde.sigma_schedule(n, sampling["shift"])
     generator = torch.Generator().manual_seed(pcfg["seed"])
+    pairs = [(i, 1) for i in range(n)] + [(i, k) for k in pcfg["merge_lengths"] if k > 1 for i in range(n - k + 1)]
     rows = []
     chosen = prompts[:pcfg["num_prompts"]]
-    bar = tqdm(total=len(chosen) * n, desc="profile", unit="branch")
+    bar = tqdm(total=len(chosen) * len(pairs), desc="profile", unit="branch")
     for p, prompt in enumerate(chosen):
         cond = model.encode([prompt.text])
         x0 = model.initial_noise(1, generator)
         _, states, velocities = ode_run(model.velocity, x0, cond, sigmas, list(range(n + 1)), keep=True)
-        # every step's G branches, continued by ODE as lanes of one batched run
-        samples = [sde_sample(states[i], velocities[i], sigmas, i, 1, model.initial_noise(group, generator), eta)[0]
-                   for i in range(n)]
-        finals = ode_lanes(model.velocity, [(x, list(range(i + 1, n + 1))) for i, x in enumerate(samples)], cond,
-                           sigmas, sampling["max_batch_size"])
-        for i, final in enumerate(finals):
+        noises = [model.initial_noise(group, generator) for _ in range(n)]
+        # every (step, length)'s G branches, continued by ODE as lanes of one batched run
+        samples = [sde_sample(states[i], velocities[i], sigmas, i, k, noises[i], eta)[0] for i, k in pairs]
+        finals = ode_lanes(model.velocity, [(x, list(range(i + k, n + 1))) for x, (i, k) in zip(samples, pairs)],
+                           cond, sigmas, sampling["max_batch_size"])
+        for (i, k), final in zip(pairs, finals):
             components = setting.components(model.decode(final), [prompt.text] * group)
             combined = setting.combine(components).float()
             flat = final.flatten(1)
             rows.append({
-                "prompt_index": p, "step": i,
+                "prompt_index": p, "step": i, "length": k,
                 "latent_variance": float(flat.var(dim=0, unbiased=False).mean()),
                 "pairwise_distance": float(torch.pdist(flat).mean()),
                 "reward_mean": float(combined.mean()),
                 "reward_std": float(combined.std(unbiased=False)),
-                **{f"reward_std_{k}": float(v.float().std(unbiased=False)) for k, v in components.items()},
+                **{f"reward_std_{c}": float(v.float().std(unbiased=False)) for c, v in components.items()},
             })
             bar.update()
     bar.close()
     per_prompt = pd.DataFrame(rows)
     per_prompt["tie"] = (per_prompt["reward_std"] <= pcfg["tie_tolerance"]).astype(float)
-    table = per_prompt.drop(columns="prompt_index").groupby("step").mean().reset_index()
+    table = per_prompt.drop(columns="prompt_index").groupby(["length", "step"]).mean().reset_index()
     table = table.rename(columns={"tie": "tie_share"})
-    table.insert(1, "sigma", [float(sigmas[i]) for i in table["step"]])
-    table.insert(2, "sigma_next", [float(sigmas[i + 1]) for i in table["step"]])
-    table.insert(3, "entropy", sde.step_entropies(sigmas, eta))
+    table.insert(2, "sigma", [float(sigmas[i]) for i in table["step"]])
+    table.insert(3, "sigma_next", [float(sigmas[i + k]) for i, k in zip(table["step"], table["length"])])
+    table.insert(4, "entropy", [sde.analytic_entropy(sigmas, i, k, eta) for i, k in zip(table["step"], table["length"])])
     return table
 
 
@@ -104,7 +111,10 @@ def run_profile(cfg: dict, model_dir, out_csv, out_png) -> pd.DataFrame:
         with torch.no_grad():
             table = measure(model, cfg, setting, prompts)
         table["mlflow_run_id"] = run.info.run_id
+        merged = table[table["length"] > 1]
+        table = table[table["length"] == 1].drop(columns="length").reset_index(drop=True)
         atomic_write_text(out_csv, table.to_csv(index=False))
+        atomic_write_text(Path(out_csv).with_name("entropy_merged.csv"), merged.to_csv(index=False))
         plot_profile(table, out_png)
         for _, row in table.iterrows():
             mlflow.log_metrics({"entropy": row["entropy"], "reward_std": row["reward_std"],

@@ -112,7 +112,8 @@ class Trainer:
         self.model.net, self.optimizer = self.accelerator.prepare(transformer, self.optimizer)
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.state = {"iteration": 0, "nfe_rollout": 0, "nfe_train": 0, "prompts_seen": 0,
-                      "wall_s": 0.0, "rows": [], "mlflow_run_id": None, "resumed_from": None}
+                      "wall_s": 0.0, "rows": [], "heldout": [], "mlflow_run_id": None, "resumed_from": None}
+        self._heldout_rewards = None
 
     # ---- resume ---------------------------------------------------------------------------------
     @property
@@ -263,6 +264,41 @@ class Trainer:
         }
         return row
 
+    # ---- held-out curve -------------------------------------------------------------------------
+    @torch.no_grad()
+    def heldout(self) -> dict:
+        """Mean held-out rewards of the current policy: ODE samples of the first eval prompts from
+        fixed noise (the same for every algorithm and seed), as `egrpo evaluate` samples them."""
+        from egrpo.evaluate import sample_images
+
+        h, model = self.tcfg["heldout"], self.model
+        if self._heldout_rewards is None:
+            from egrpo.rewards import build_reward
+            self._heldout_rewards = {r: build_reward(r, self.cfg) for r in h["metrics"]}
+            self._heldout_prompts = load_prompts(self.cfg["prompts"]["eval"], "prompts.eval")[:h["num_prompts"]]
+        net, model.net = model.net, model.transformer  # unwrapped: no DDP collectives, main process only
+        nfe = model.nfe
+        try:
+            images, texts = [], []
+            for p, m, s, image in sample_images(model, self._heldout_prompts, self.cfg["sampling"]["num_steps"],
+                                                self.cfg["sampling"]["shift"], h["images_per_prompt"], h["seed"],
+                                                progress=False):
+                images.append(image)
+                texts.append(self._heldout_prompts[p].text)
+        finally:
+            model.net, model.nfe = net, nfe  # measurement, not training cost
+        batch = torch.stack(images)
+        return {f"heldout_{r}": float(fn(batch, texts).float().mean()) for r, fn in self._heldout_rewards.items()}
+
+    def heldout_point(self) -> dict:
+        st = self.state
+        return {"iteration": st["iteration"], "forward_equivalents": forward_equivalents(st),
+                "wall_s": st["wall_s"], **self.heldout()}
+
+    def budget_spent(self) -> bool:
+        budget = self.tcfg["max_forward_equivalents"]
+        return budget is not None and forward_equivalents(self.state) >= budget
+
     # ---- the whole run --------------------------------------------------------------------------
     def run(self) -> dict | None:
         """Train to the last iteration; only the main process writes files and logs to MLflow."""
@@ -283,15 +319,31 @@ class Trainer:
             bar = tqdm(range(self.state["iteration"], iterations), initial=self.state["iteration"], total=iterations,
                        desc=f"train {self.algorithm_name}/{self.reward_setting_name}/seed{self.seed}", unit="it",
                        disable=not main)
+            every, every_fe = self.tcfg["heldout"]["every"], self.tcfg["heldout"]["every_forward_equivalents"]
+            heldout_on = every is not None or every_fe is not None
+            if heldout_on and main and not self.state.get("heldout"):
+                self.state["heldout"] = [self.heldout_point()]  # the base model, at zero cost
             for it in bar:
+                if self.budget_spent():
+                    log.info("budget of %d forward-equivalents spent after %d iterations",
+                             self.tcfg["max_forward_equivalents"], it)
+                    break
+                fe_before = forward_equivalents(self.state)
                 row = self.iteration(it)
                 self.state["rows"].append(row)
                 self.state["iteration"] = it + 1
+                last = it + 1 == iterations or self.budget_spent()
+                due = (every is not None and (it + 1) % every == 0) or \
+                    (every_fe is not None and forward_equivalents(self.state) // every_fe > fe_before // every_fe)
+                if heldout_on and main and (due or last):
+                    point = self.heldout_point()
+                    self.state["heldout"].append(point)
+                    row.update({k: v for k, v in point.items() if k.startswith("heldout_")})
                 if main:
                     mlflow.log_metrics({k: float(v) for k, v in row.items()
                                         if k != "iteration" and math.isfinite(float(v))}, step=it + 1)
                     bar.set_postfix(reward=f"{row['reward_mean']:.4f}", nfe=row["nfe_total"])
-                if (it + 1) % self.tcfg["checkpoint_every"] == 0 or it + 1 == iterations:
+                if (it + 1) % self.tcfg["checkpoint_every"] == 0 or last:
                     if main:
                         self.save_resume()
                     self.accelerator.wait_for_everyone()
@@ -328,6 +380,8 @@ class Trainer:
             "final_train_reward": rows[-1]["reward_mean"] if rows else math.nan,
             "mean_ratio_abs_dev_first": float(pd.DataFrame(rows)["ratio_abs_dev_first"].mean()) if rows else math.nan,
             "plan": [{"start": s, "length": k} for s, k in self.plan] if self.plan else None,
+            "max_forward_equivalents": self.tcfg["max_forward_equivalents"],
+            "heldout_curve": st.get("heldout", []),
             "resumed_from_iteration": st["resumed_from"],
             "mlflow_run_id": st["mlflow_run_id"],
             "device": self.model.device.type,

@@ -129,3 +129,47 @@ def test_bad_config_override_is_one_line(workflow):
     errors = [l for l in bad.stderr.splitlines() if "config error" in l]
     assert errors == ["egrpo: config error: sampling.group_size: 1 is less than the minimum of 2"]
     assert "Traceback" not in bad.stderr
+
+
+def test_claims_dag_pretrains_then_writes_claims(tmp_path):
+    """model.source: pretrain puts the pretrain rule in the DAG (its tinyclip is the reward), and
+    claims.enabled adds the claims stage: claims.md / claims.json with every claim's numbers."""
+    work = copy_workflow(tmp_path / "wf")
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
+                          "tests/data/micro_claims.yaml"], cwd=work, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+    counts = job_counts(run.stdout + run.stderr)
+    assert counts == {"pretrain": 1, "profile": 1, "threshold": 1, "train": 6, "evaluate": 7, "report": 1, "claims": 1}
+    r = work / "results/micro_claims"
+    assert (r / "pretrain/tinyworld/model_index.json").is_file() and (r / "pretrain/tinyclip/config.json").is_file()
+    claims = json.loads((r / "report/claims.json").read_text())
+    for key in ("spread_falls_with_step", "reward_std_tracks_entropy", "merged_steps_raise_spread",
+                "egrpo_beats_dancegrpo", "nfe_fraction_to_match_dancegrpo", "final_heldout", "base_model"):
+        assert key in claims, key
+    assert claims["merged_steps_raise_spread"]["pairs"] == 3  # steps 0, 1, 2 with k = 2 (N = 4)
+    assert sorted(claims["final_heldout"]["egrpo"]["per_seed"]) == ["0", "1", "2"]
+    assert "nfe_fraction_to_match_dancegrpo" in (r / "report/claims.md").read_text()
+    assert (r / "report/claims.png").stat().st_size > 10_000
+    merged = (r / "profile/entropy_merged.csv").read_text().splitlines()
+    assert merged[0].startswith("length,step") and len(merged) == 4
+
+
+def test_default_config_reads_the_shipped_models_as_plain_inputs(tmp_path):
+    """The default DAG never rebuilds the shipped weights: no build_model / pretrain job, whatever
+    the file times of a fresh clone."""
+    import os
+    import shutil
+
+    from conftest import ROOT
+
+    if not (ROOT / "models/tinyworld").is_dir():
+        pytest.skip("shipped weights not present")
+    work = copy_workflow(tmp_path / "wf")
+    shutil.copytree(ROOT / "models", work / "models")
+    for f in (work / "models").rglob("*"):  # newer than anything: would trigger a rule that made them
+        os.utime(f, (2e9, 2e9))
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2"], cwd=work,
+                         capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert "build_model" not in counts and "pretrain" not in counts and counts["train"] >= 2

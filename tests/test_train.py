@@ -238,3 +238,34 @@ def test_score_groups_drops_a_sample_with_any_nonfinite_component():
 def sde_adv(x):
     from egrpo.sde import group_advantages
     return group_advantages(x)
+
+
+def test_budget_of_forward_equivalents_stops_training_and_heldout_curve_is_recorded(tmp_path, tiny_model_dir):
+    """max_forward_equivalents ends the run at the first iteration that reaches it; the held-out
+    curve starts at the base model (0 forward-equivalents) and costs nothing on the budget axis."""
+    free = run_train(train_cfg(tmp_path, iterations=6), "dancegrpo", "color", 0, str(tiny_model_dir), None,
+                     tmp_path / "free", tmp_path / "rf")
+    per_iteration = free["forward_equivalents"] / 6
+    budget = int(2.5 * per_iteration)
+    cfg = train_cfg(tmp_path, iterations=6, max_forward_equivalents=budget,
+                    heldout={"every": 2, "metrics": ["alignment", "prompt_color"], "num_prompts": 1, "images_per_prompt": 2})
+    m = run_train(cfg, "dancegrpo", "color", 0, str(tiny_model_dir), None, tmp_path / "b", tmp_path / "rb")
+    assert m["iterations"] == 3 and m["forward_equivalents"] >= budget > m["forward_equivalents"] - per_iteration
+    assert m["forward_equivalents"] == pytest.approx(3 * per_iteration)
+    curve = m["heldout_curve"]
+    assert [p["iteration"] for p in curve] == [0, 2, 3]  # base, every 2, and the last
+    assert curve[0]["forward_equivalents"] == 0 and curve[-1]["forward_equivalents"] == m["forward_equivalents"]
+    assert all(0 <= p["heldout_alignment"] <= 1 and 0 <= p["heldout_prompt_color"] <= 1 for p in curve)
+    log = pd.read_csv(tmp_path / "b/train_log.csv")
+    assert log["heldout_alignment"].notna().tolist() == [False, True, True]
+    # measuring the held-out curve does not change training
+    assert log["reward_mean"].tolist() == pd.read_csv(tmp_path / "free/train_log.csv")["reward_mean"].tolist()[:3]
+
+
+def test_heldout_every_forward_equivalents_gives_every_algorithm_the_same_grid(tmp_path, tiny_model_dir):
+    per_iteration = run_train(train_cfg(tmp_path, iterations=1), "dancegrpo", "color", 0, str(tiny_model_dir), None,
+                              tmp_path / "one", tmp_path / "r1")["forward_equivalents"]
+    cfg = train_cfg(tmp_path, iterations=4, heldout={"every_forward_equivalents": int(2 * per_iteration),
+                                                     "metrics": ["alignment"], "num_prompts": 1})
+    m = run_train(cfg, "dancegrpo", "color", 0, str(tiny_model_dir), None, tmp_path / "g", tmp_path / "rg")
+    assert [p["iteration"] for p in m["heldout_curve"]] == [0, 2, 4]

@@ -31,6 +31,10 @@ REWARDS: dict[str, RewardSpec] = {
     "alignment": RewardSpec(
         "egrpo.tinyworld:alignment_reward",
         "tiny world ground truth: colour match of the named shape's region and of the background"),
+    "tinyclip": RewardSpec(
+        "egrpo.rewards.clip:tinyclip",
+        "tiny world learned reward: cosine of a tiny CLIPModel trained contrastively by `egrpo pretrain`",
+        "reward_models.tinyclip.path (the shipped models/tinyclip, or a pretrain output)"),
     "hps": RewardSpec(
         "egrpo.rewards.openclip:hps",
         "HPS v2.1: cosine of image and prompt embeddings of the HPS OpenCLIP ViT-H-14 (mapped into CLIPModel)",

@@ -1,5 +1,6 @@
 """CLIP-family rewards built on transformers' CLIPModel, loaded from a local path or the Hub cache.
 
+    tinyclip   the tiny world's learned reward: cosine of a tiny CLIPModel trained by `egrpo pretrain`
     clip       cosine similarity of image and prompt embeddings (CLIP score, e.g. ViT-H-14)
     pickscore  PickScore: logit_scale * cosine, with the PickScore_v1 CLIPModel and the
                CLIP-ViT-H-14 processor (the original model's preprocessing constants)
@@ -39,19 +40,26 @@ class CLIPScorer:
         self.scale_by_logit = scale_by_logit
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> image embeddings [B, D] (through the processor, as uint8)."""
         from PIL import Image
 
         pil = [Image.fromarray((img.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8"))
                for img in images]
-        inputs = self.processor(images=pil, text=list(prompts), padding=True, truncation=True, return_tensors="pt")
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        dtype = self.model.dtype
-        image_emb = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(dtype))
-        text_emb = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
-        image_emb = getattr(image_emb, "pooler_output", image_emb)
-        text_emb = getattr(text_emb, "pooler_output", text_emb)
-        cos = torch.nn.functional.cosine_similarity(image_emb.float(), text_emb.float(), dim=-1)
+        pixels = self.processor(images=pil, return_tensors="pt")["pixel_values"]
+        emb = self.model.get_image_features(pixel_values=pixels.to(self.device, self.model.dtype))
+        return getattr(emb, "pooler_output", emb).float()
+
+    @torch.no_grad()
+    def embed_texts(self, prompts: list[str]) -> torch.Tensor:
+        inputs = self.processor(text=list(prompts), padding=True, truncation=True, return_tensors="pt")
+        emb = self.model.get_text_features(input_ids=inputs["input_ids"].to(self.device),
+                                           attention_mask=inputs["attention_mask"].to(self.device))
+        return getattr(emb, "pooler_output", emb).float()
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        cos = torch.nn.functional.cosine_similarity(self.embed_images(images), self.embed_texts(prompts), dim=-1)
         if self.scale_by_logit:
             cos = self.model.logit_scale.exp().float() * cos
         return cos.cpu()
@@ -71,3 +79,9 @@ def clip_score(cfg: dict):
 def pickscore(cfg: dict):
     s = _settings(cfg, "pickscore")
     return CLIPScorer(s["path"], s.get("processor"), scale_by_logit=True, dtype=s.get("dtype", "float32"))
+
+
+def tinyclip(cfg: dict):
+    """The tiny world's learned reward (shipped in models/tinyclip; `egrpo pretrain` rebuilds it)."""
+    s = _settings(cfg, "tinyclip")
+    return CLIPScorer(s["path"], s.get("processor"), scale_by_logit=False)

@@ -1,11 +1,18 @@
 # Shared settings and input functions. The config is validated here (one-line errors), written
 # once as a resolved, content-addressed YAML that every `egrpo` call reads, and hashed per stage
 # so that a config change reruns exactly the stages it affects (Snakemake's params trigger).
+import os
 import sys
 
 from egrpo.config import ALGORITHMS_USING_PLAN, coerce_strings, config_hash, reward_names, write_resolved
 from egrpo.config import validate as egrpo_validate
 from egrpo.errors import ConfigError
+
+# model.source "pretrain": the pretrain rule trains the base model and the tinyclip reward; the
+# reward reads the rule's output unless reward_models.tinyclip names another path.
+if config.get("model", {}).get("source") == "pretrain":
+    config.setdefault("reward_models", {}).setdefault(
+        "tinyclip", {"path": f"results/{config.get('experiment')}/pretrain/tinyclip"})
 
 try:
     coerce_strings(config)
@@ -22,8 +29,9 @@ BENCH = f"{RESULTS}/benchmarks"
 # would rerun every job on any config change; instead each rule's params carry `stage_hash(...)`
 # of the sections it reads, so a change reruns exactly the stages it affects.
 CONFIG_FILE = str(write_resolved(config, f"{RESULTS}/configs"))
-TINY = config["model"]["source"] == "tiny"
-MODEL_DIR = f"{RESULTS}/model" if TINY else config["model"]["path"]
+SOURCE = config["model"]["source"]
+TINY = SOURCE == "tiny"
+MODEL_DIR = {"tiny": f"{RESULTS}/model", "pretrain": f"{RESULTS}/pretrain/tinyworld"}.get(SOURCE, config["model"]["path"])
 PROFILE_SETTING = config["profile"]["reward_setting"] or next(iter(config["reward_settings"]))
 
 
@@ -40,8 +48,13 @@ def stage_hash(*sections, extra=None):
 
 
 def model_input(wildcards=None):
-    """The tiny model is built by a rule; a pretrained path is read in place (not a DAG file)."""
-    return [MODEL_DIR] if TINY else []
+    """The base model and the local reward models the config uses. The tiny model and the pretrain
+    outputs come from rules; a local pretrained directory (e.g. the shipped models/tinyworld) is a
+    plain input, never the output of a rule; a Hub id is not a file and is not listed."""
+    paths = [MODEL_DIR] + [config["reward_models"][r]["path"] for r in reward_names(config)
+                           if r in config["reward_models"]]
+    produced = (f"{RESULTS}/model", f"{RESULTS}/pretrain/")
+    return [p for p in dict.fromkeys(paths) if p.startswith(produced) or os.path.exists(p)]
 
 
 def train_dir(algorithm, reward_setting, seed):
@@ -72,3 +85,12 @@ def evaluate_inputs(wildcards):
         inputs["checkpoint"] = f"{run}/checkpoint"
         inputs["metrics"] = f"{run}/metrics.json"
     return inputs
+
+
+def pretrain_report():
+    """The base model's pretrain.json (alignment vs chance), when there is one: the pretrain rule's,
+    or the one shipped beside a local pretrained model (models/pretrain.json)."""
+    if SOURCE == "pretrain":
+        return [f"{RESULTS}/pretrain/pretrain.json"]
+    shipped = os.path.join(os.path.dirname(str(MODEL_DIR).rstrip("/")), "pretrain.json")
+    return [shipped] if SOURCE == "pretrained" and os.path.isfile(shipped) else []

@@ -5,6 +5,7 @@ rule profile:
         prompts=config["prompts"]["train"],
     output:
         csv=f"{RESULTS}/profile/entropy.csv",
+        merged=f"{RESULTS}/profile/entropy_merged.csv",
         png=report(f"{RESULTS}/profile/entropy.png", category="Entropy profile"),
     params:
         cfg=stage_hash("model", "sampling", "profile", extra=config["reward_settings"][PROFILE_SETTING]),

@@ -1,0 +1,285 @@
+"""Stage `claims`: the paper's claims tested on MEASURED quantities of the trained tiny world.
+
+The analytic entropy H(i, k) is model-free (it holds by construction), so every claim below is
+judged on what the model does:
+
+  spread_falls_with_step      Spearman rho(step i, measured spread of branches at i) <= -rho_min,
+                              for the reward std and for the latent variance of the G branches
+  reward_std_tracks_entropy   Spearman rho(H(i, 1), measured reward std at i) >= rho_min
+  merged_steps_raise_spread   the merged transition i -> i+k (k > 1) spreads the branches more than
+                              the single step i -> i+1 (paired noise), in >= merged_share of pairs
+  egrpo_beats_<baseline>      at an equal budget of forward-equivalents (rollout forwards + 3 x
+                              training forward+backward), E-GRPO's held-out reward (mean over
+                              seeds) is above the baseline's
+  nfe_fraction_to_match_dancegrpo
+                              per seed s: target_s = DanceGRPO's final held-out reward; F_s = the
+                              forward-equivalents at which E-GRPO's held-out curve first reaches
+                              target_s (linear interpolation between evaluations), divided by
+                              DanceGRPO's total; reported as mean and std over seeds, beside the same
+                              fraction in wall-clock seconds. Target: <= claims.target_fraction.
+                              A seed that never reaches its target counts as missing (listed).
+Thresholds come from the config's `claims:` section; every number is written, held or not.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from egrpo.io import atomic_write_json, atomic_write_text, save_figure
+
+log = logging.getLogger("egrpo.claims")
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation (Pearson correlation of average ranks); nan if either is constant."""
+    ra, rb = pd.Series(list(a)).rank(), pd.Series(list(b)).rank()
+    if ra.std() == 0 or rb.std() == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def first_crossing(xs, ys, target: float) -> float | None:
+    """The smallest x at which the piecewise-linear curve (xs, ys) reaches `target`; None if never."""
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        if y >= target:
+            if k == 0:
+                return float(x)
+            x0, y0 = xs[k - 1], ys[k - 1]
+            return float(x0 + (target - y0) / (y - y0) * (x - x0))
+    return None
+
+
+def heldout_curves(train_metrics: list[dict], metric: str) -> pd.DataFrame:
+    """Long table: algorithm, seed, iteration, forward_equivalents, wall_s, value."""
+    rows = []
+    for m in train_metrics:
+        for point in m.get("heldout_curve") or []:
+            rows.append({"algorithm": m["algorithm"], "reward_setting": m["reward_setting"], "seed": m["seed"],
+                         "iteration": point["iteration"], "forward_equivalents": point["forward_equivalents"],
+                         "wall_s": point["wall_s"], "value": point[f"heldout_{metric}"]})
+    if not rows:
+        from egrpo.errors import UserError
+        raise UserError(f"claims: no held-out curve in the train metrics (set train.heldout.every and "
+                        f"train.heldout.metrics: [{metric}])")
+    return pd.DataFrame(rows)
+
+
+def _verdict(held: bool | None) -> str:
+    return "n/a" if held is None else ("held" if held else "did not hold")
+
+
+def profile_claims(profile: pd.DataFrame, merged: pd.DataFrame, c: dict) -> dict:
+    rho_min = c["rho_min"]
+    out = {}
+    r_std = spearman(profile["step"], profile["reward_std"])
+    r_lat = spearman(profile["step"], profile["latent_variance"])
+    out["spread_falls_with_step"] = {
+        "rho_step_reward_std": r_std, "rho_step_latent_variance": r_lat, "threshold": -rho_min,
+        "held": bool(r_std <= -rho_min and r_lat <= -rho_min),
+        "reward_std_per_step": [float(v) for v in profile["reward_std"]],
+        "latent_variance_per_step": [float(v) for v in profile["latent_variance"]],
+    }
+    r_ent = spearman(profile["entropy"], profile["reward_std"])
+    out["reward_std_tracks_entropy"] = {
+        "rho_entropy_reward_std": r_ent, "rho_entropy_latent_variance": spearman(profile["entropy"], profile["latent_variance"]),
+        "threshold": rho_min, "held": bool(r_ent >= rho_min),
+    }
+    if merged is None or merged.empty:
+        out["merged_steps_raise_spread"] = {"held": None, "why": "profile.merge_lengths is empty: nothing measured"}
+    else:
+        single = profile.set_index("step")
+        pairs = []
+        for _, row in merged.iterrows():
+            base = single.loc[int(row["step"])]
+            pairs.append({"step": int(row["step"]), "length": int(row["length"]),
+                          "entropy": float(row["entropy"]), "entropy_single": float(base["entropy"]),
+                          "reward_std": float(row["reward_std"]), "reward_std_single": float(base["reward_std"]),
+                          "latent_variance": float(row["latent_variance"]),
+                          "latent_variance_single": float(base["latent_variance"])})
+        share_reward = float(np.mean([p["reward_std"] > p["reward_std_single"] for p in pairs]))
+        share_latent = float(np.mean([p["latent_variance"] > p["latent_variance_single"] for p in pairs]))
+        ratio = float(np.mean([p["reward_std"] / max(p["reward_std_single"], 1e-12) for p in pairs]))
+        out["merged_steps_raise_spread"] = {
+            "pairs": len(pairs), "share_reward_std_higher": share_reward, "share_latent_variance_higher": share_latent,
+            "mean_reward_std_ratio": ratio, "threshold_share": c["merged_share"],
+            "held": bool(share_reward >= c["merged_share"]), "per_pair": pairs,
+        }
+    return out
+
+
+def comparison_claims(curves: pd.DataFrame, c: dict) -> dict:
+    out = {}
+    final = curves.sort_values("iteration").groupby(["algorithm", "seed"]).tail(1).set_index(["algorithm", "seed"])
+    algorithms = sorted(curves["algorithm"].unique())
+    out["final_heldout"] = {a: {"mean": float(final.loc[a, "value"].mean()), "std": float(final.loc[a, "value"].std(ddof=0)),
+                                "per_seed": {int(s): float(v) for s, v in final.loc[a, "value"].items()},
+                                "forward_equivalents": float(final.loc[a, "forward_equivalents"].mean()),
+                                "wall_s": float(final.loc[a, "wall_s"].mean())}
+                            for a in algorithms}
+    base = curves[curves["iteration"] == 0]
+    out["base_heldout"] = float(base["value"].mean()) if not base.empty else math.nan
+    if "egrpo" not in algorithms:
+        return out
+    for other in [a for a in algorithms if a != "egrpo"]:
+        seeds = sorted(set(final.loc["egrpo"].index) & set(final.loc[other].index))
+        diffs = [float(final.loc[("egrpo", s), "value"] - final.loc[(other, s), "value"]) for s in seeds]
+        mean_diff = float(np.mean(diffs)) if diffs else math.nan
+        out[f"egrpo_beats_{other}"] = {
+            "seeds": seeds, "egrpo": out["final_heldout"]["egrpo"]["mean"], other: out["final_heldout"][other]["mean"],
+            "mean_difference": mean_diff, "std_difference": float(np.std(diffs)) if diffs else math.nan,
+            "seeds_won": int(sum(d > 0 for d in diffs)),
+            "enough_seeds": len(seeds) >= c["min_seeds"],
+            "held": bool(diffs and mean_diff > 0 and len(seeds) >= c["min_seeds"]),
+        }
+    if "dancegrpo" in algorithms:
+        out["nfe_fraction_to_match_dancegrpo"] = match_fraction(curves, final, c)
+    return out
+
+
+def match_fraction(curves: pd.DataFrame, final: pd.DataFrame, c: dict) -> dict:
+    per_seed, missing = {}, []
+    for seed in sorted(set(final.loc["egrpo"].index) & set(final.loc["dancegrpo"].index)):
+        target = float(final.loc[("dancegrpo", seed), "value"])
+        dance_fe = float(final.loc[("dancegrpo", seed), "forward_equivalents"])
+        dance_wall = float(final.loc[("dancegrpo", seed), "wall_s"])
+        e = curves[(curves["algorithm"] == "egrpo") & (curves["seed"] == seed)].sort_values("iteration")
+        fe = first_crossing(e["forward_equivalents"].tolist(), e["value"].tolist(), target)
+        wall = first_crossing(e["wall_s"].tolist(), e["value"].tolist(), target)
+        if fe is None:
+            missing.append(int(seed))
+            continue
+        per_seed[int(seed)] = {"target": target, "egrpo_forward_equivalents": fe, "dancegrpo_forward_equivalents": dance_fe,
+                               "fraction": fe / dance_fe, "wall_clock_fraction": wall / dance_wall if dance_wall else math.nan}
+    fractions = [v["fraction"] for v in per_seed.values()]
+    walls = [v["wall_clock_fraction"] for v in per_seed.values()]
+    mean = float(np.mean(fractions)) if fractions else None
+    return {
+        "mean": mean, "std": float(np.std(fractions)) if fractions else None,
+        "wall_clock_mean": float(np.mean(walls)) if walls else None,
+        "wall_clock_std": float(np.std(walls)) if walls else None,
+        "per_seed": per_seed, "seeds_not_reaching_target": missing, "target": c["target_fraction"],
+        "held": bool(mean is not None and not missing and mean <= c["target_fraction"]),
+    }
+
+
+def plot_claims(curves: pd.DataFrame, profile: pd.DataFrame, merged: pd.DataFrame | None, result: dict, metric: str, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
+    colors = {"egrpo": "#d62728", "dancegrpo": "#1f77b4", "mixgrpo": "#2ca02c", "flowgrpo": "#9467bd"}
+    for algorithm, g in curves.groupby("algorithm"):
+        # per seed curves live on their own x grids: interpolate onto a common one for the band
+        grid = np.linspace(0, g["forward_equivalents"].max(), 60)
+        ys = np.array([np.interp(grid, s.sort_values("iteration")["forward_equivalents"], s.sort_values("iteration")["value"],
+                                 right=np.nan) for _, s in g.groupby("seed")])
+        mean, std = np.nanmean(ys, 0), np.nanstd(ys, 0)
+        color = colors.get(algorithm, None)
+        ax.plot(grid, mean, color=color, label=f"{algorithm} (n={len(ys)} seeds)")
+        ax.fill_between(grid, mean - std, mean + std, color=color, alpha=0.15)
+    frac = result.get("nfe_fraction_to_match_dancegrpo")
+    if frac and "dancegrpo" in result.get("final_heldout", {}):
+        target = result["final_heldout"]["dancegrpo"]["mean"]
+        ax.axhline(target, color=colors["dancegrpo"], ls=":", lw=1)
+        for v in frac["per_seed"].values():
+            ax.plot([v["egrpo_forward_equivalents"]], [v["target"]], "v", color=colors["egrpo"], ms=7)
+        title = (f"E-GRPO reaches DanceGRPO's final {metric} at {frac['mean']:.2f} of its forward-equivalents"
+                 if frac["mean"] is not None else f"E-GRPO did not reach DanceGRPO's final {metric}")
+        ax.set_title(title, fontsize=9)
+    ax.set_xlabel("forward-equivalents (rollout + 3 x train fwd+bwd)")
+    ax.set_ylabel(f"held-out {metric}")
+    ax.legend(fontsize=8)
+    bx.plot(profile["step"], profile["reward_std"], "o-", color="k", label="measured reward std, k = 1")
+    if merged is not None and not merged.empty:
+        for k, g in merged.groupby("length"):
+            bx.plot(g["step"], g["reward_std"], "s--", alpha=0.8, label=f"merged, k = {k}")
+    bx.set_xlabel("denoising step i (branch point)")
+    bx.set_ylabel("reward std across the G branches")
+    twin = bx.twinx()
+    twin.bar(profile["step"], profile["entropy"], alpha=0.15, color="tab:blue")
+    twin.set_ylabel("analytic entropy H(i, 1) [nats]")
+    rho = result["reward_std_tracks_entropy"]["rho_entropy_reward_std"]
+    bx.set_title(f"Measured spread vs analytic entropy (Spearman rho = {rho:.2f})", fontsize=9)
+    bx.legend(fontsize=8)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def render_markdown(result: dict, metric: str) -> str:
+    c = result["claims_config"]
+    lines = [f"# Claims on the tiny world (held-out metric: `{metric}`)", ""]
+    base = result.get("base_model")
+    if base:
+        lines += [f"Base model (shipped / pretrained): alignment {base['alignment']:.3f} against chance "
+                  f"{base['chance']:.3f} and the rendering's ceiling {base['ceiling']:.3f}.", ""]
+    lines += ["| claim | measured | threshold | verdict |", "|---|---|---|---|"]
+    s = result["spread_falls_with_step"]
+    lines.append(f"| measured spread falls with the step | rho(step, reward std) = {s['rho_step_reward_std']:.2f}, "
+                 f"rho(step, latent var) = {s['rho_step_latent_variance']:.2f} | <= {s['threshold']:.2f} | {_verdict(s['held'])} |")
+    t = result["reward_std_tracks_entropy"]
+    lines.append(f"| reward std tracks the analytic entropy | rho(H, reward std) = {t['rho_entropy_reward_std']:.2f} "
+                 f"| >= {t['threshold']:.2f} | {_verdict(t['held'])} |")
+    m = result["merged_steps_raise_spread"]
+    if m["held"] is None:
+        lines.append(f"| merged steps raise the spread | {m['why']} | | n/a |")
+    else:
+        lines.append(f"| merged steps raise the spread | reward std higher in {m['share_reward_std_higher']:.0%} of "
+                     f"{m['pairs']} pairs (latent var: {m['share_latent_variance_higher']:.0%}), mean ratio "
+                     f"{m['mean_reward_std_ratio']:.2f} | >= {m['threshold_share']:.0%} | {_verdict(m['held'])} |")
+    for key, v in result.items():
+        if key.startswith("egrpo_beats_"):
+            other = key.removeprefix("egrpo_beats_")
+            lines.append(f"| E-GRPO beats {other} at equal forward-equivalents | {v['egrpo']:.4f} vs {v[other]:.4f} "
+                         f"(diff {v['mean_difference']:+.4f} ± {v['std_difference']:.4f}, won {v['seeds_won']}/{len(v['seeds'])} seeds) "
+                         f"| diff > 0, >= {c['min_seeds']} seeds | {_verdict(v['held'])} |")
+    f = result.get("nfe_fraction_to_match_dancegrpo")
+    if f:
+        measured = ("not reached" if f["mean"] is None else
+                    f"{f['mean']:.2f} ± {f['std']:.2f} of DanceGRPO's forward-equivalents "
+                    f"(wall-clock: {f['wall_clock_mean']:.2f} ± {f['wall_clock_std']:.2f})")
+        if f["seeds_not_reaching_target"]:
+            measured += f"; seeds never reaching the target: {f['seeds_not_reaching_target']}"
+        lines.append(f"| nfe_fraction_to_match_dancegrpo | {measured} | <= {f['target']} | {_verdict(f['held'])} |")
+    lines += ["", "## Final held-out reward at the budget (mean ± std over seeds)", "",
+              "| algorithm | held-out | forward-equivalents | wall-clock [s] |", "|---|---|---|---|"]
+    for a, v in result.get("final_heldout", {}).items():
+        lines.append(f"| {a} | {v['mean']:.4f} ± {v['std']:.4f} | {v['forward_equivalents']:.0f} | {v['wall_s']:.0f} |")
+    lines += ["", f"Base model held-out {metric}: {result.get('base_heldout', math.nan):.4f}.", "",
+              "## Tuning budget", "", c["tuning_note"].strip(), ""]
+    return "\n".join(lines)
+
+
+def run_claims(cfg: dict, profile_csv, merged_csv, train_metrics: list, pretrain_json, out_dir) -> dict:
+    from egrpo.tracking import stage_run
+
+    c = cfg["claims"]
+    metric = c["heldout_metric"]
+    out_dir = Path(out_dir)
+    profile = pd.read_csv(profile_csv)
+    merged = pd.read_csv(merged_csv) if merged_csv and Path(merged_csv).stat().st_size > 1 else None
+    metrics = [json.loads(Path(p).read_text()) for p in train_metrics]
+    metrics = [m for m in metrics if m["reward_setting"] == c["reward_setting"]] or metrics
+    curves = heldout_curves(metrics, metric)
+    result = {"claims_config": c, "heldout_metric": metric}
+    if pretrain_json and Path(pretrain_json).is_file():
+        result["base_model"] = json.loads(Path(pretrain_json).read_text()).get("base_model")
+    result.update(profile_claims(profile, merged, c))
+    result.update(comparison_claims(curves, c))
+    with stage_run(cfg, "claims", {"heldout_metric": metric}) as (mlflow, run):
+        result["mlflow_run_id"] = run.info.run_id
+        atomic_write_json(out_dir / "claims.json", result)
+        atomic_write_text(out_dir / "claims.md", render_markdown(result, metric))
+        atomic_write_text(out_dir / "heldout_curves.csv", curves.to_csv(index=False))
+        plot_claims(curves, profile, merged, result, metric, out_dir / "claims.png")
+        frac = result.get("nfe_fraction_to_match_dancegrpo") or {}
+        if frac.get("mean") is not None:
+            mlflow.log_metric("nfe_fraction_to_match_dancegrpo", frac["mean"])
+        for name in ("claims.json", "claims.md", "claims.png"):
+            mlflow.log_artifact(str(out_dir / name))
+    return result

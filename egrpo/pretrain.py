@@ -1,0 +1,355 @@
+"""Stage `pretrain`: the tiny world's base model and its learned reward, trained from scratch.
+
+Every part is trained on procedurally rendered tiny-world scenes (egrpo.tinyworld): every scene
+(shape x colour x background x position x size = 1680) under every caption template.
+
+  vae          diffusers AutoencoderKL, images in [-1, 1]:
+                   loss = mean (D(z) - x)^2 + beta * KL(q(z|x) || N(0, I)),  z ~ q(z|x)
+               then the latents are standardized the way FLUX's VAE config does it:
+                   z_model = (z - shift_factor) * scaling_factor
+  transformer  diffusers FluxTransformer2DModel, trained by rectified flow on the packed latents:
+                   x_sigma = (1 - sigma) x0 + sigma eps,   target v = eps - x0
+                   loss = mean (v_theta(x_sigma, sigma, text) - v)^2
+               sigma drawn from the sampler's shifted schedule, sigma = s u / (1 + (s - 1) u),
+               u ~ U(0, 1), so training sees the noise levels sampling visits. The text encoders
+               (CLIP + T5, random init) stay frozen: their token-level outputs already tell the
+               captions apart, and frozen encoders let every caption be encoded once.
+  tinyclip     transformers CLIPModel (ViT + text transformer) trained contrastively (symmetric
+               InfoNCE) on (augmented rendering, caption) pairs; its cosine is reward `tinyclip`.
+
+Afterwards the base model is sampled on the evaluation captions and scored by the rule-based
+alignment, against chance (the same images scored against a shuffled caption) and against the
+rendering of the scene itself (the ceiling).
+
+Deterministic for a seed on one machine: all randomness comes from generators seeded by
+`pretrain.seed`, so two runs with the same thread count give identical weights (tested). Across machines / torch builds, float rounding differs, so weights
+differ slightly and the alignment score moves by a few hundredths.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from egrpo import sde
+from egrpo.io import atomic_dir, atomic_write_json
+from egrpo.tinyworld import PALETTE, POSITIONS, SHAPES, SIZES, TEMPLATES, Scene, alignment, parse, render
+
+log = logging.getLogger("egrpo.pretrain")
+
+
+def all_scenes() -> list[Scene]:
+    """Every tiny-world scene, in a fixed order."""
+    return [Scene(shape, color, background, position, size)
+            for shape, color, background, position, size in
+            itertools.product(SHAPES, PALETTE, PALETTE, POSITIONS, SIZES) if color != background]
+
+
+def all_captions(scene: Scene) -> list[str]:
+    return [t.format(**scene.__dict__) for t in TEMPLATES]
+
+
+def _cosine(optimizer, steps: int):
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=min(100, steps // 10), num_training_steps=steps)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+    """Renderings made to look like samples: shifts of up to 2 px, blur, colour jitter, noise."""
+    b = images.shape[0]
+    shifts = torch.randint(-2, 3, (b, 2), generator=generator)
+    out = torch.stack([torch.roll(img, (int(dy), int(dx)), dims=(1, 2)) for img, (dy, dx) in zip(images, shifts)])
+    blur = torch.rand(b, 1, 1, 1, generator=generator) < 0.5 * strength
+    blurred = F.avg_pool2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    out = torch.where(blur, blurred, out)
+    out = out + strength * 0.08 * (torch.rand(b, 3, 1, 1, generator=generator) - 0.5)
+    out = out + strength * 0.06 * torch.rand(b, 1, 1, 1, generator=generator) * torch.randn(out.shape, generator=generator)
+    return out.clamp(0, 1)
+
+
+# ---- VAE ------------------------------------------------------------------------------------------
+
+def train_vae(vae, images: torch.Tensor, pcfg: dict, generator: torch.Generator) -> list[float]:
+    """Reconstruction + beta * KL on random batches of the renderings (in [0, 1]); returns losses."""
+    steps, batch = pcfg["vae_steps"], pcfg["batch_size"]
+    vae.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=pcfg["vae_lr"], weight_decay=0.0)
+    schedule = _cosine(optimizer, steps)
+    losses = []
+    for step in tqdm(range(steps), desc="pretrain vae", unit="step"):
+        idx = torch.randint(len(images), (batch,), generator=generator)
+        x = augment(images[idx], generator, strength=0.5) * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(z).sample
+        loss = F.mse_loss(recon, x) + pcfg["vae_kl_weight"] * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    vae.eval().requires_grad_(False)
+    return losses
+
+
+@torch.no_grad()
+def standardize_latents(vae, images: torch.Tensor) -> dict:
+    """Set shift_factor / scaling_factor so that model latents have mean 0 and std 1."""
+    z = torch.cat([vae.encode(chunk * 2 - 1).latent_dist.mean for chunk in images.split(256)])
+    shift, scale = float(z.mean()), 1.0 / float(z.std())
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    return {"shift_factor": shift, "scaling_factor": scale}
+
+
+# ---- flow transformer -----------------------------------------------------------------------------
+
+@torch.no_grad()
+def encode_captions(pipe, captions: list[str], max_length: int, batch: int = 256):
+    embeds, pooled = [], []
+    for start in range(0, len(captions), batch):
+        e, p, _ = pipe.encode_prompt(prompt=captions[start:start + batch], prompt_2=None, device="cpu",
+                                     num_images_per_prompt=1, max_sequence_length=max_length)
+        embeds.append(e)
+        pooled.append(p)
+    return torch.cat(embeds), torch.cat(pooled)
+
+
+@torch.no_grad()
+def packed_latents(pipe, images: torch.Tensor) -> torch.Tensor:
+    """Renderings [B, 3, H, W] in [0, 1] -> standardized packed latents [B, L, 4C] (posterior means)."""
+    vae = pipe.vae
+    out = []
+    for chunk in images.split(256):
+        z = vae.encode(chunk * 2 - 1).latent_dist.mean
+        z = (z - vae.config.shift_factor) * vae.config.scaling_factor
+        b, c, h, w = z.shape
+        out.append(pipe._pack_latents(z, b, c, h, w))
+    return torch.cat(out)
+
+
+def train_transformer(pipe, latents: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
+                      caption_scene: torch.Tensor, text_ids: torch.Tensor, img_ids: torch.Tensor,
+                      cfg: dict, generator: torch.Generator) -> list[float]:
+    """Rectified flow on (scene latent, caption) pairs; returns the losses."""
+    pcfg, shift, guidance = cfg["pretrain"], cfg["sampling"]["shift"], cfg["sampling"]["guidance"]
+    steps, batch = pcfg["transformer_steps"], pcfg["batch_size"]
+    transformer = pipe.transformer
+    transformer.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=pcfg["transformer_lr"], weight_decay=0.01)
+    schedule = _cosine(optimizer, steps)
+    losses = []
+    bar = tqdm(range(steps), desc="pretrain transformer", unit="step")
+    for step in bar:
+        caption_idx = torch.randint(len(embeds), (batch,), generator=generator)
+        x0 = latents[caption_scene[caption_idx]]
+        eps = torch.randn(x0.shape, generator=generator)
+        u = torch.rand(batch, generator=generator)
+        sigma = shift * u / (1 + (shift - 1) * u)
+        x = (1 - sigma.view(-1, 1, 1)) * x0 + sigma.view(-1, 1, 1) * eps
+        v = transformer(hidden_states=x, timestep=sigma, guidance=torch.full((batch,), guidance),
+                        pooled_projections=pooled[caption_idx], encoder_hidden_states=embeds[caption_idx],
+                        txt_ids=text_ids, img_ids=img_ids, return_dict=False)[0]
+        loss = F.mse_loss(v, eps - x0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if step % 100 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
+    transformer.eval().requires_grad_(False)
+    return losses
+
+
+# ---- tinyclip -------------------------------------------------------------------------------------
+
+def build_tinyclip(cfg: dict, clip_tokenizer):
+    """A tiny CLIPModel and its CLIPProcessor (no resize/crop surprises: the image size is the
+    sampling resolution; pixels are rescaled to [0, 1] and normalized with mean = std = 0.5)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
+
+    t = cfg["pretrain"]["tinyclip"]
+    res = cfg["sampling"]["resolution"]
+    msl = clip_tokenizer.model_max_length
+    text = CLIPTextConfig(vocab_size=len(clip_tokenizer), hidden_size=t["hidden"], intermediate_size=2 * t["hidden"],
+                          num_hidden_layers=t["layers"], num_attention_heads=t["heads"], max_position_embeddings=msl,
+                          bos_token_id=clip_tokenizer.bos_token_id, eos_token_id=clip_tokenizer.eos_token_id,
+                          pad_token_id=clip_tokenizer.eos_token_id)
+    vision = CLIPVisionConfig(hidden_size=t["hidden"], intermediate_size=2 * t["hidden"], num_hidden_layers=t["layers"],
+                              num_attention_heads=t["heads"], image_size=res, patch_size=t["patch_size"])
+    model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                 projection_dim=t["hidden"]))
+    image_processor = CLIPImageProcessor(size={"shortest_edge": res}, crop_size={"height": res, "width": res},
+                                         image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return model, CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer)
+
+
+def train_tinyclip(model, tokenizer, images: torch.Tensor, scenes: list[Scene], pcfg: dict,
+                   generator: torch.Generator) -> list[float]:
+    """Symmetric InfoNCE over batches of distinct scenes, each with a random caption template."""
+    steps, batch = pcfg["tinyclip_steps"], min(pcfg["batch_size"] * 2, len(scenes))
+    model.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=pcfg["tinyclip_lr"], weight_decay=0.01)
+    schedule = _cosine(optimizer, steps)
+    captions = [all_captions(s) for s in scenes]
+    losses = []
+    bar = tqdm(range(steps), desc="pretrain tinyclip", unit="step")
+    for step in bar:
+        idx = torch.randperm(len(scenes), generator=generator)[:batch]
+        templates = torch.randint(len(TEMPLATES), (batch,), generator=generator)
+        texts = [captions[i][t] for i, t in zip(idx.tolist(), templates.tolist())]
+        tokens = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
+        pixels = (augment(images[idx], generator) - 0.5) / 0.5
+        out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
+        target = torch.arange(batch)
+        loss = (F.cross_entropy(out.logits_per_image, target) + F.cross_entropy(out.logits_per_text, target)) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(float(loss.detach()))
+        if step % 100 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.3f}")
+    model.eval().requires_grad_(False)
+    return losses
+
+
+# ---- evaluation of the base model -----------------------------------------------------------------
+
+@torch.no_grad()
+def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: int, shift: float, seed: int) -> dict:
+    """Rule-based alignment of the base model's ODE samples, beside chance and the ceiling.
+
+    chance:  the same images scored against the scene of a shuffled caption (a model that ignores
+             the prompt, but draws tiny-world-like images, scores this)
+    ceiling: the rendering of each caption's own scene
+    """
+    from egrpo.evaluate import sample_images
+
+    class P:  # the Prompt interface sample_images reads
+        def __init__(self, text):
+            self.text = text
+
+    prompts = [p for p in prompts if parse(p) is not None]  # only tiny-world captions can be scored
+    if not prompts:
+        return {"alignment": None, "chance": None, "ceiling": None, "num_prompts": 0, "images_per_prompt": per_prompt}
+    scenes = [parse(p) for p in prompts]
+    images = {(p, m): img for p, m, _, img in sample_images(model, [P(t) for t in prompts], num_steps, shift,
+                                                          per_prompt, seed)}
+    rng = random.Random(seed)
+    shuffled = list(range(len(prompts)))
+    while len(prompts) > 1 and any(i == j for i, j in enumerate(shuffled)):
+        rng.shuffle(shuffled)
+    own = [alignment(img, scenes[p]) for (p, m), img in images.items()]
+    other = [alignment(img, scenes[shuffled[p]]) for (p, m), img in images.items()]
+    ceiling = [alignment(render(s, model.resolution), s) for s in scenes]
+    mean = lambda xs: float(sum(xs) / len(xs))
+    return {"alignment": mean(own), "chance": mean(other), "ceiling": mean(ceiling),
+            "num_prompts": len(prompts), "images_per_prompt": per_prompt}
+
+
+# ---- the stage ------------------------------------------------------------------------------------
+
+def run_pretrain(cfg: dict, out_dir) -> dict:
+    """Train the tiny world's VAE + flow transformer (-> out/tinyworld) and tinyclip (-> out/tinyclip)."""
+    from egrpo.io import load_prompts
+    from egrpo.model import FlowModel, build_tiny_pipeline, load_pipeline
+    from egrpo.tracking import stage_run
+
+    pcfg, res = cfg["pretrain"], cfg["sampling"]["resolution"]
+    out_dir = Path(out_dir)
+    torch.manual_seed(pcfg["seed"])
+    generator = torch.Generator().manual_seed(pcfg["seed"])
+    scenes = all_scenes()
+    captions = [c for s in scenes for c in all_captions(s)]
+    caption_scene = torch.arange(len(scenes)).repeat_interleave(len(TEMPLATES))
+    images = torch.stack([render(s, res) for s in scenes])
+    started = time.perf_counter()
+    with stage_run(cfg, "pretrain", {"seed": pcfg["seed"]}) as (mlflow, run):
+        pipe = build_tiny_pipeline(cfg, captions)  # vocabulary: every tiny-world word
+        log.info("tiny world: %d scenes, %d captions, %d px", len(scenes), len(captions), res)
+        vae_losses = train_vae(pipe.vae, images, pcfg, generator)
+        latent_stats = standardize_latents(pipe.vae, images)
+        with torch.no_grad():
+            recon = pipe.vae.decode(pipe.vae.encode(images[:256] * 2 - 1).latent_dist.mean).sample
+            vae_mse = float(F.mse_loss((recon / 2 + 0.5).clamp(0, 1), images[:256]))
+        latents = packed_latents(pipe, images)
+        embeds, pooled = encode_captions(pipe, captions, cfg["model"]["max_sequence_length"])
+        text_ids = torch.zeros(embeds.shape[1], 3)
+        hw = res // pipe.vae_scale_factor // 2
+        img_ids = pipe._prepare_latent_image_ids(1, hw, hw, "cpu", torch.float32)
+        flow_losses = train_transformer(pipe, latents, embeds, pooled, caption_scene, text_ids, img_ids, cfg, generator)
+
+        clip_model, processor = build_tinyclip(cfg, pipe.tokenizer)
+        clip_losses = train_tinyclip(clip_model, pipe.tokenizer, images, scenes, pcfg, generator)
+        train_s = time.perf_counter() - started
+
+        with atomic_dir(out_dir / "tinyworld") as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        with atomic_dir(out_dir / "tinyclip") as tmp:
+            clip_model.save_pretrained(tmp, safe_serialization=True)
+            processor.save_pretrained(tmp)
+
+        # held-out check: the evaluation captions, sampled the way `egrpo evaluate` samples
+        eval_prompts = [p.text for p in load_prompts(cfg["prompts"]["eval"], "prompts.eval")]
+        base = FlowModel(load_pipeline(cfg, out_dir / "tinyworld"), cfg)
+        score = alignment_vs_chance(base, eval_prompts, pcfg["eval_images_per_prompt"],
+                                    cfg["sampling"]["num_steps"], cfg["sampling"]["shift"], pcfg["seed"])
+        clip_check = tinyclip_retrieval(out_dir / "tinyclip", scenes, res, pcfg["seed"])
+        sizes = {name: sum(f.stat().st_size for f in (out_dir / name).rglob("*") if f.is_file())
+                 for name in ("tinyworld", "tinyclip")}
+        report = {
+            "seed": pcfg["seed"], "resolution": res, "scenes": len(scenes), "captions": len(captions),
+            "base_model": score, "tinyclip": clip_check,
+            "vae": {"final_loss": _tail(vae_losses), "reconstruction_mse": vae_mse, **latent_stats},
+            "transformer": {"final_loss": _tail(flow_losses),
+                            "parameters": sum(p.numel() for p in pipe.transformer.parameters())},
+            "tinyclip_final_loss": _tail(clip_losses),
+            "bytes": sizes, "train_s": train_s, "mlflow_run_id": run.info.run_id,
+        }
+        atomic_write_json(out_dir / "pretrain.json", report)
+        mlflow.log_metrics({**{name: score[key] for name, key in (("alignment", "alignment"), ("alignment_chance", "chance"),
+                                                                  ("alignment_ceiling", "ceiling")) if score[key] is not None},
+                            "vae_mse": vae_mse,
+                            "flow_loss": report["transformer"]["final_loss"],
+                            "tinyclip_top1": clip_check["top1"], "train_s": train_s})
+        for i in range(0, len(flow_losses), 50):
+            mlflow.log_metric("flow_loss_curve", flow_losses[i], step=i)
+        mlflow.log_artifact(str(out_dir / "pretrain.json"))
+    log.info("base model alignment %s (chance %s, ceiling %s); tinyclip top-1 %.2f",
+             *(f"{score[k]:.3f}" if score[k] is not None else "n/a" for k in ("alignment", "chance", "ceiling")),
+             clip_check["top1"])
+    return report
+
+
+def _tail(losses: list[float], n: int = 100) -> float:
+    tail = losses[-n:]
+    return float(sum(tail) / len(tail)) if tail else math.nan
+
+
+@torch.no_grad()
+def tinyclip_retrieval(path, scenes: list[Scene], resolution: int, seed: int, n: int = 256) -> dict:
+    """Top-1 caption retrieval of augmented renderings among n scenes (chance: 1/n), through the
+    same scorer the reward uses."""
+    from egrpo.rewards.clip import CLIPScorer
+
+    scorer = CLIPScorer(str(path), None, scale_by_logit=False)
+    generator = torch.Generator().manual_seed(seed + 1)
+    idx = torch.randperm(len(scenes), generator=generator)[:n].tolist()
+    images = augment(torch.stack([render(scenes[i], resolution) for i in idx]), generator)
+    image_emb = F.normalize(scorer.embed_images(images), dim=-1)
+    text_emb = F.normalize(scorer.embed_texts([all_captions(scenes[i])[0] for i in idx]), dim=-1)
+    top1 = float(((image_emb @ text_emb.T).argmax(1) == torch.arange(len(idx))).float().mean())
+    return {"top1": top1, "chance": 1 / len(idx), "candidates": len(idx)}

@@ -1,0 +1,117 @@
+"""The claims stage: rank correlation, the crossing point of a held-out curve, the equal-budget
+comparison and the headline fraction, on curves whose answers are known in closed form."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import micro_config
+from egrpo.claims import first_crossing, heldout_curves, match_fraction, profile_claims, run_claims, spearman
+from egrpo.config import validate
+
+CLAIMS = {"rho_min": 0.5, "merged_share": 0.75, "min_seeds": 3, "target_fraction": 0.5, "tuning_note": "none"}
+
+
+def test_spearman_is_rank_based():
+    x = [0, 1, 2, 3, 4]
+    assert spearman(x, [v**3 for v in x]) == pytest.approx(1.0)         # monotone, not linear
+    assert spearman(x, [-math.exp(v) for v in x]) == pytest.approx(-1.0)
+    assert spearman(x, [1, 3, 2, 5, 4]) == pytest.approx(0.8)            # 1 - 6*sum d^2/(n(n^2-1)) = 1 - 6*4/120
+    assert math.isnan(spearman(x, [1, 1, 1, 1, 1]))
+
+
+def test_first_crossing_interpolates_linearly():
+    xs, ys = [0, 100, 200, 300], [0.1, 0.2, 0.4, 0.5]
+    assert first_crossing(xs, ys, 0.3) == pytest.approx(150.0)
+    assert first_crossing(xs, ys, 0.05) == 0.0
+    assert first_crossing(xs, ys, 0.6) is None
+    assert first_crossing([0, 10, 20], [0.0, 0.5, 0.2], 0.25) == pytest.approx(5.0)  # the first time, not the last
+
+
+def curve_metrics(algorithm, seed, fe_total, values):
+    """A train metrics.json with a held-out curve at evenly spaced forward-equivalents."""
+    fes = np.linspace(0, fe_total, len(values))
+    return {"algorithm": algorithm, "reward_setting": "r", "seed": seed,
+            "heldout_curve": [{"iteration": i, "forward_equivalents": float(fe), "wall_s": float(fe) / 10,
+                               "heldout_alignment": v} for i, (fe, v) in enumerate(zip(fes, values))]}
+
+
+def test_headline_fraction_and_comparison_on_known_curves():
+    metrics = []
+    for seed in range(3):
+        # DanceGRPO climbs linearly to 0.5 at 1000; E-GRPO climbs twice as fast and keeps going
+        metrics.append(curve_metrics("dancegrpo", seed, 1000, [0.3, 0.35, 0.4, 0.45, 0.5]))
+        metrics.append(curve_metrics("egrpo", seed, 1000, [0.3, 0.4, 0.5, 0.6, 0.7]))
+        metrics.append(curve_metrics("mixgrpo", seed, 1000, [0.3, 0.3, 0.3, 0.3, 0.3 + 0.01 * seed]))
+    from egrpo.claims import comparison_claims
+
+    out = comparison_claims(heldout_curves(metrics, "alignment"), CLAIMS)
+    f = out["nfe_fraction_to_match_dancegrpo"]
+    assert f["mean"] == pytest.approx(0.5) and f["std"] == pytest.approx(0.0)
+    assert f["wall_clock_mean"] == pytest.approx(0.5)
+    assert f["held"] is True and f["seeds_not_reaching_target"] == []
+    assert out["egrpo_beats_dancegrpo"]["mean_difference"] == pytest.approx(0.2)
+    assert out["egrpo_beats_dancegrpo"]["held"] and out["egrpo_beats_mixgrpo"]["seeds_won"] == 3
+    assert out["base_heldout"] == pytest.approx(0.3)
+
+
+def test_a_seed_that_never_matches_is_reported_not_hidden():
+    metrics = [curve_metrics("dancegrpo", s, 1000, [0.3, 0.6]) for s in range(3)]
+    metrics += [curve_metrics("egrpo", s, 1000, [0.3, 0.7 if s else 0.5]) for s in range(3)]
+    curves = heldout_curves(metrics, "alignment")
+    final = curves.sort_values("iteration").groupby(["algorithm", "seed"]).tail(1).set_index(["algorithm", "seed"])
+    f = match_fraction(curves, final, CLAIMS)
+    assert f["seeds_not_reaching_target"] == [0] and sorted(f["per_seed"]) == [1, 2]
+    assert f["per_seed"][1]["fraction"] == pytest.approx(0.75)  # 0.3 -> 0.7 over 1000: 0.6 at 750
+    assert f["held"] is False
+
+
+def test_profile_claims_on_a_decreasing_profile():
+    steps = np.arange(8)
+    profile = pd.DataFrame({"step": steps, "entropy": 1.0 / (1 + steps), "reward_std": 0.1 / (1 + steps) ** 2,
+                            "latent_variance": 2.0 - 0.2 * steps})
+    merged = pd.DataFrame({"step": [0, 3, 5], "length": [2, 2, 2], "entropy": [1.2, 0.4, 0.3],
+                           "reward_std": [0.2, 0.01, 0.001], "latent_variance": [2.5, 1.6, 1.0]})
+    out = profile_claims(profile, merged, CLAIMS)
+    assert out["spread_falls_with_step"]["held"] and out["spread_falls_with_step"]["rho_step_reward_std"] == pytest.approx(-1)
+    assert out["reward_std_tracks_entropy"]["rho_entropy_reward_std"] == pytest.approx(1)
+    m = out["merged_steps_raise_spread"]
+    # step 0: 0.2 > 0.1 yes; step 3: 0.01 > 0.00625 yes; step 5: 0.001 > 0.00278 no
+    assert m["share_reward_std_higher"] == pytest.approx(2 / 3) and m["held"] is False
+    assert profile_claims(profile, None, CLAIMS)["merged_steps_raise_spread"]["held"] is None
+
+
+def test_run_claims_writes_every_output(tmp_path):
+    cfg = validate(micro_config(tmp_path, algorithms=["egrpo", "dancegrpo"], seeds=[0, 1, 2],
+                                train={"heldout": {"every": 1, "metrics": ["alignment"]}},
+                                claims={"enabled": True, "tuning_note": "nothing tuned"}))
+    paths = []
+    for seed in range(3):
+        for algorithm, values in (("dancegrpo", [0.3, 0.4]), ("egrpo", [0.3, 0.5])):
+            m = curve_metrics(algorithm, seed, 100, values)
+            m["reward_setting"] = "color"
+            p = tmp_path / f"{algorithm}{seed}.json"
+            p.write_text(json.dumps(m))
+            paths.append(p)
+    steps = np.arange(4)
+    pd.DataFrame({"step": steps, "entropy": [0.9, 0.5, 0.3, 0.1], "reward_std": [0.3, 0.2, 0.1, 0.0],
+                  "latent_variance": [4, 3, 2, 1]}).to_csv(tmp_path / "entropy.csv", index=False)
+    pd.DataFrame({"step": [0], "length": [2], "entropy": [1.0], "reward_std": [0.4],
+                  "latent_variance": [5]}).to_csv(tmp_path / "merged.csv", index=False)
+    result = run_claims(cfg, tmp_path / "entropy.csv", tmp_path / "merged.csv", paths, None, tmp_path / "out")
+    for name in ("claims.json", "claims.md", "claims.png", "heldout_curves.csv"):
+        assert (tmp_path / "out" / name).is_file()
+    saved = json.loads((tmp_path / "out/claims.json").read_text())
+    assert saved["nfe_fraction_to_match_dancegrpo"]["mean"] == pytest.approx(0.5)
+    md = (tmp_path / "out/claims.md").read_text()
+    assert "nfe_fraction_to_match_dancegrpo" in md and "nothing tuned" in md and "did not hold" not in md.split("|")[0]
+    assert result["merged_steps_raise_spread"]["held"] is True
+
+
+def test_claims_config_needs_a_heldout_curve(tmp_path):
+    from egrpo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="claims.heldout_metric"):
+        validate(micro_config(tmp_path, claims={"enabled": True}))
