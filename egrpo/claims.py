@@ -8,14 +8,18 @@ judged on what the model does:
   reward_std_tracks_entropy   Spearman rho(H(i, 1), measured reward std at i) >= rho_min
   merged_steps_raise_spread   the merged transition i -> i+k (k > 1) spreads the branches more than
                               the single step i -> i+1 (paired noise), in >= merged_share of pairs
-  egrpo_beats_<baseline>      at an equal budget of forward-equivalents (rollout forwards + 3 x
+  egrpo_beats_<baseline>      at an equal budget B of forward-equivalents (rollout forwards + 3 x
                               training forward+backward), E-GRPO's held-out reward (mean over
-                              seeds) is above the baseline's
+                              seeds) is above the baseline's by more than 2 standard errors of the
+                              paired difference over seeds (below by 2: did not hold; between:
+                              inconclusive). B = the smallest final budget of
+                              all runs; each curve is read at B by linear interpolation (runs
+                              overshoot the configured budget by up to one iteration).
   nfe_fraction_to_match_dancegrpo
-                              per seed s: target_s = DanceGRPO's final held-out reward; F_s = the
+                              per seed s: target_s = DanceGRPO's held-out reward at B; F_s = the
                               forward-equivalents at which E-GRPO's held-out curve first reaches
-                              target_s (linear interpolation between evaluations), divided by
-                              DanceGRPO's total; reported as mean and std over seeds, beside the same
+                              target_s (linear interpolation between evaluations), divided by B;
+                              reported as mean and std over seeds, beside the same
                               fraction in wall-clock seconds. Target: <= claims.target_fraction.
                               A seed that never reaches its target counts as missing (listed).
 Thresholds come from the config's `claims:` section; every number is written, held or not.
@@ -112,9 +116,24 @@ def profile_claims(profile: pd.DataFrame, merged: pd.DataFrame, c: dict) -> dict
     return out
 
 
+def at_equal_budget(curves: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """Each run's held-out value and wall-clock at the common budget B = the smallest final
+    forward-equivalents of all runs (runs stop at the first iteration that reaches the budget, so
+    they overshoot it by different amounts), by linear interpolation along its curve."""
+    budget = float(curves.groupby(["algorithm", "seed"])["forward_equivalents"].max().min())
+    rows = []
+    for (algorithm, seed), g in curves.sort_values("iteration").groupby(["algorithm", "seed"]):
+        fe = g["forward_equivalents"].to_numpy(float)
+        rows.append({"algorithm": algorithm, "seed": seed, "forward_equivalents": budget,
+                     "value": float(np.interp(budget, fe, g["value"])), "wall_s": float(np.interp(budget, fe, g["wall_s"])),
+                     "final_forward_equivalents": float(fe[-1]), "final_value": float(g["value"].iloc[-1])})
+    return pd.DataFrame(rows).set_index(["algorithm", "seed"]), budget
+
+
 def comparison_claims(curves: pd.DataFrame, c: dict) -> dict:
     out = {}
-    final = curves.sort_values("iteration").groupby(["algorithm", "seed"]).tail(1).set_index(["algorithm", "seed"])
+    final, budget = at_equal_budget(curves)
+    out["budget_forward_equivalents"] = budget
     algorithms = sorted(curves["algorithm"].unique())
     out["final_heldout"] = {a: {"mean": float(final.loc[a, "value"].mean()), "std": float(final.loc[a, "value"].std(ddof=0)),
                                 "per_seed": {int(s): float(v) for s, v in final.loc[a, "value"].items()},
@@ -129,12 +148,23 @@ def comparison_claims(curves: pd.DataFrame, c: dict) -> dict:
         seeds = sorted(set(final.loc["egrpo"].index) & set(final.loc[other].index))
         diffs = [float(final.loc[("egrpo", s), "value"] - final.loc[(other, s), "value"]) for s in seeds]
         mean_diff = float(np.mean(diffs)) if diffs else math.nan
+        # paired over seeds: standard error of the mean difference (sample std, n - 1)
+        se = float(np.std(diffs, ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else math.nan
+        enough = len(seeds) >= c["min_seeds"]
+        if not enough or not math.isfinite(se):
+            held, verdict = None, "inconclusive"
+        elif mean_diff > 2 * se:
+            held, verdict = True, "held"
+        elif mean_diff < -2 * se:
+            held, verdict = False, "did not hold"
+        else:
+            held, verdict = None, "inconclusive"
         out[f"egrpo_beats_{other}"] = {
             "seeds": seeds, "egrpo": out["final_heldout"]["egrpo"]["mean"], other: out["final_heldout"][other]["mean"],
             "mean_difference": mean_diff, "std_difference": float(np.std(diffs)) if diffs else math.nan,
-            "seeds_won": int(sum(d > 0 for d in diffs)),
-            "enough_seeds": len(seeds) >= c["min_seeds"],
-            "held": bool(diffs and mean_diff > 0 and len(seeds) >= c["min_seeds"]),
+            "standard_error": se, "seeds_won": int(sum(d > 0 for d in diffs)),
+            "enough_seeds": enough, "held": held, "verdict": verdict,
+            "rule": "held if the mean paired difference > 2 standard errors, did not hold if < -2, else inconclusive",
         }
     if "dancegrpo" in algorithms:
         out["nfe_fraction_to_match_dancegrpo"] = match_fraction(curves, final, c)
@@ -158,8 +188,12 @@ def match_fraction(curves: pd.DataFrame, final: pd.DataFrame, c: dict) -> dict:
     fractions = [v["fraction"] for v in per_seed.values()]
     walls = [v["wall_clock_fraction"] for v in per_seed.values()]
     mean = float(np.mean(fractions)) if fractions else None
+    # a seed that never reaches the target needs more than the budget: +inf in the median
+    median = float(np.median(fractions + [math.inf] * len(missing))) if fractions or missing else None
     return {
         "mean": mean, "std": float(np.std(fractions)) if fractions else None,
+        "mean_over": "the seeds that reach the target", "seeds": len(per_seed) + len(missing),
+        "median_all_seeds": median if median is None or math.isfinite(median) else None,
         "wall_clock_mean": float(np.mean(walls)) if walls else None,
         "wall_clock_std": float(np.std(walls)) if walls else None,
         "per_seed": per_seed, "seeds_not_reaching_target": missing, "target": c["target_fraction"],
@@ -189,8 +223,10 @@ def plot_claims(curves: pd.DataFrame, profile: pd.DataFrame, merged: pd.DataFram
         ax.axhline(target, color=colors["dancegrpo"], ls=":", lw=1)
         for v in frac["per_seed"].values():
             ax.plot([v["egrpo_forward_equivalents"]], [v["target"]], "v", color=colors["egrpo"], ms=7)
-        title = (f"E-GRPO reaches DanceGRPO's final {metric} at {frac['mean']:.2f} of its forward-equivalents"
-                 if frac["mean"] is not None else f"E-GRPO did not reach DanceGRPO's final {metric}")
+        missing = len(frac["seeds_not_reaching_target"])
+        title = (f"E-GRPO reaches DanceGRPO's {metric} at {frac['mean']:.2f} of its forward-equivalents"
+                 f" ({frac['seeds'] - missing} of {frac['seeds']} seeds; {missing} never)"
+                 if frac["mean"] is not None else f"E-GRPO did not reach DanceGRPO's {metric} on any seed")
         ax.set_title(title, fontsize=9)
     ax.set_xlabel("forward-equivalents (rollout + 3 x train fwd+bwd)")
     ax.set_ylabel(f"held-out {metric}")
@@ -236,17 +272,22 @@ def render_markdown(result: dict, metric: str) -> str:
         if key.startswith("egrpo_beats_"):
             other = key.removeprefix("egrpo_beats_")
             lines.append(f"| E-GRPO beats {other} at equal forward-equivalents | {v['egrpo']:.4f} vs {v[other]:.4f} "
-                         f"(diff {v['mean_difference']:+.4f} ± {v['std_difference']:.4f}, won {v['seeds_won']}/{len(v['seeds'])} seeds) "
-                         f"| diff > 0, >= {c['min_seeds']} seeds | {_verdict(v['held'])} |")
+                         f"(paired diff {v['mean_difference']:+.4f}, standard error {v['standard_error']:.4f}, "
+                         f"won {v['seeds_won']}/{len(v['seeds'])} seeds) "
+                         f"| diff > 2 SE, >= {c['min_seeds']} seeds | {v['verdict']} |")
     f = result.get("nfe_fraction_to_match_dancegrpo")
     if f:
+        reached = f["seeds"] - len(f["seeds_not_reaching_target"])
         measured = ("not reached" if f["mean"] is None else
                     f"{f['mean']:.2f} ± {f['std']:.2f} of DanceGRPO's forward-equivalents "
-                    f"(wall-clock: {f['wall_clock_mean']:.2f} ± {f['wall_clock_std']:.2f})")
+                    f"(wall-clock: {f['wall_clock_mean']:.2f} ± {f['wall_clock_std']:.2f}), mean over the "
+                    f"{reached} of {f['seeds']} seeds that reach DanceGRPO's held-out value")
         if f["seeds_not_reaching_target"]:
-            measured += f"; seeds never reaching the target: {f['seeds_not_reaching_target']}"
+            median = "more than 1 (the budget)" if f["median_all_seeds"] is None else f"{f['median_all_seeds']:.2f}"
+            measured += (f"; seeds {f['seeds_not_reaching_target']} never reach it within the budget; "
+                         f"median over all seeds (never = infinite): {median}")
         lines.append(f"| nfe_fraction_to_match_dancegrpo | {measured} | <= {f['target']} | {_verdict(f['held'])} |")
-    lines += ["", "## Final held-out reward at the budget (mean ± std over seeds)", "",
+    lines += ["", f"## Held-out reward at the equal budget of {result.get('budget_forward_equivalents', 0):.0f} forward-equivalents (mean ± std over seeds)", "",
               "| algorithm | held-out | forward-equivalents | wall-clock [s] |", "|---|---|---|---|"]
     for a, v in result.get("final_heldout", {}).items():
         lines.append(f"| {a} | {v['mean']:.4f} ± {v['std']:.4f} | {v['forward_equivalents']:.0f} | {v['wall_s']:.0f} |")

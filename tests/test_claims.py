@@ -53,7 +53,9 @@ def test_headline_fraction_and_comparison_on_known_curves():
     assert f["wall_clock_mean"] == pytest.approx(0.5)
     assert f["held"] is True and f["seeds_not_reaching_target"] == []
     assert out["egrpo_beats_dancegrpo"]["mean_difference"] == pytest.approx(0.2)
-    assert out["egrpo_beats_dancegrpo"]["held"] and out["egrpo_beats_mixgrpo"]["seeds_won"] == 3
+    assert out["egrpo_beats_mixgrpo"]["seeds_won"] == 3
+    # identical differences on every seed: standard error 0, so +0.2 is decisive
+    assert out["egrpo_beats_dancegrpo"]["verdict"] == "held" and out["egrpo_beats_dancegrpo"]["held"] is True
     assert out["base_heldout"] == pytest.approx(0.3)
 
 
@@ -63,7 +65,8 @@ def test_a_seed_that_never_matches_is_reported_not_hidden():
     curves = heldout_curves(metrics, "alignment")
     final = curves.sort_values("iteration").groupby(["algorithm", "seed"]).tail(1).set_index(["algorithm", "seed"])
     f = match_fraction(curves, final, CLAIMS)
-    assert f["seeds_not_reaching_target"] == [0] and sorted(f["per_seed"]) == [1, 2]
+    assert f["seeds_not_reaching_target"] == [0] and sorted(f["per_seed"]) == [1, 2] and f["seeds"] == 3
+    assert f["median_all_seeds"] == pytest.approx(0.75)  # median of 0.75, 0.75, inf
     assert f["per_seed"][1]["fraction"] == pytest.approx(0.75)  # 0.3 -> 0.7 over 1000: 0.6 at 750
     assert f["held"] is False
 
@@ -89,7 +92,7 @@ def test_run_claims_writes_every_output(tmp_path):
                                 claims={"enabled": True, "tuning_note": "nothing tuned"}))
     paths = []
     for seed in range(3):
-        for algorithm, values in (("dancegrpo", [0.3, 0.4]), ("egrpo", [0.3, 0.5])):
+        for algorithm, values in (("dancegrpo", [0.3, 0.4]), ("egrpo", [0.3, 0.6])):
             m = curve_metrics(algorithm, seed, 100, values)
             m["reward_setting"] = "color"
             p = tmp_path / f"{algorithm}{seed}.json"
@@ -104,9 +107,11 @@ def test_run_claims_writes_every_output(tmp_path):
     for name in ("claims.json", "claims.md", "claims.png", "heldout_curves.csv"):
         assert (tmp_path / "out" / name).is_file()
     saved = json.loads((tmp_path / "out/claims.json").read_text())
-    assert saved["nfe_fraction_to_match_dancegrpo"]["mean"] == pytest.approx(0.5)
+    assert saved["nfe_fraction_to_match_dancegrpo"]["mean"] == pytest.approx(1 / 3)  # 0.4 reached at 100/3
     md = (tmp_path / "out/claims.md").read_text()
-    assert "nfe_fraction_to_match_dancegrpo" in md and "nothing tuned" in md and "did not hold" not in md.split("|")[0]
+    assert "nfe_fraction_to_match_dancegrpo" in md and "nothing tuned" in md
+    headline = next(line for line in md.splitlines() if line.startswith("| nfe_fraction_to_match_dancegrpo"))
+    assert "0.33" in headline and headline.rstrip(" |").endswith("held")
     assert result["merged_steps_raise_spread"]["held"] is True
 
 
@@ -115,3 +120,29 @@ def test_claims_config_needs_a_heldout_curve(tmp_path):
 
     with pytest.raises(ConfigError, match="claims.heldout_metric"):
         validate(micro_config(tmp_path, claims={"enabled": True}))
+
+
+def test_runs_are_compared_at_the_common_budget_not_at_their_overshoot():
+    from egrpo.claims import at_equal_budget
+
+    metrics = [curve_metrics("dancegrpo", 0, 1000, [0.2, 0.4]),     # 0 -> 1000
+               curve_metrics("egrpo", 0, 1200, [0.2, 0.3, 0.5])]    # 0, 600, 1200: overshoots by 200
+    final, budget = at_equal_budget(heldout_curves(metrics, "alignment"))
+    assert budget == 1000
+    assert final.loc[("egrpo", 0), "value"] == pytest.approx(0.3 + 0.2 * 400 / 600)
+    assert final.loc[("egrpo", 0), "final_value"] == pytest.approx(0.5)
+    assert final.loc[("dancegrpo", 0), "wall_s"] == pytest.approx(100.0)
+
+
+def test_a_difference_within_noise_is_inconclusive_and_a_clear_loss_does_not_hold():
+    from egrpo.claims import comparison_claims
+
+    metrics = []
+    for seed, (e, d, m) in enumerate([(0.52, 0.50, 0.60), (0.49, 0.50, 0.61), (0.51, 0.50, 0.62)]):
+        metrics += [curve_metrics("egrpo", seed, 100, [0.4, e]), curve_metrics("dancegrpo", seed, 100, [0.4, d]),
+                    curve_metrics("mixgrpo", seed, 100, [0.4, m])]
+    out = comparison_claims(heldout_curves(metrics, "alignment"), CLAIMS)
+    dance = out["egrpo_beats_dancegrpo"]      # +0.02, -0.01, +0.01: mean +0.0067, SE 0.0088
+    assert dance["mean_difference"] == pytest.approx(0.02 / 3) and dance["verdict"] == "inconclusive"
+    assert dance["held"] is None and dance["seeds_won"] == 2
+    assert out["egrpo_beats_mixgrpo"]["verdict"] == "did not hold"
