@@ -65,6 +65,9 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(autouse=True)
-def _no_inherited_tracking_uri(monkeypatch):
-    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: don't let one test's store leak into the next."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def _no_inherited_tracking_uri():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: don't let one test's store leak into the
+    next, nor into a module-scoped fixture (set up before this one) that starts Snakemake."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
