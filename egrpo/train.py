@@ -96,6 +96,8 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=self.tcfg["mixed_precision"], cpu=not torch.cuda.is_available(),
                                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         torch.manual_seed(seed)
+        # global (not the thread-local sdpa_kernel context): autograd runs the backward on its own thread
+        torch.backends.cuda.enable_cudnn_sdp(self.tcfg["cudnn_attention"])
         self.model = FlowModel(load_pipeline(cfg, model_dir), cfg, self.accelerator.device)
         transformer = self.model.transformer
         if self.tcfg["finetune"] == "lora":

@@ -269,3 +269,19 @@ def test_heldout_every_forward_equivalents_gives_every_algorithm_the_same_grid(t
                                                      "metrics": ["alignment"], "num_prompts": 1})
     m = run_train(cfg, "dancegrpo", "color", 0, str(tiny_model_dir), None, tmp_path / "g", tmp_path / "rg")
     assert [p["iteration"] for p in m["heldout_curve"]] == [0, 2, 4]
+
+
+def test_cudnn_attention_is_switched_by_the_config(tmp_path, tiny_model_dir):
+    """cuDNN SDPA is off unless train.cudnn_attention (its backward failed at FLUX size on an H100)."""
+    import torch
+
+    from egrpo.train import Trainer
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        for allowed in (False, True):
+            Trainer(train_cfg(tmp_path, cudnn_attention=allowed), "dancegrpo", "color", 0, str(tiny_model_dir),
+                    None, tmp_path / "o", tmp_path / "r")
+            assert torch.backends.cuda.cudnn_sdp_enabled() is allowed
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
