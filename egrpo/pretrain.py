@@ -56,9 +56,23 @@ def all_captions(scene: Scene) -> list[str]:
     return [t.format(**scene.__dict__) for t in TEMPLATES]
 
 
-def _cosine(optimizer, steps: int):
+def _optimizer(module, lr: float, weight_decay: float, steps: int):
+    """AdamW with diffusers' warmup + cosine schedule; returns step(loss) -> float, which clips the
+    gradient norm at 1, steps optimizer and schedule, and returns the loss value."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
-    return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=min(100, steps // 10), num_training_steps=steps)
+
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=min(100, steps // 10), num_training_steps=steps)
+
+    def step(loss: torch.Tensor) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        return float(loss.detach())
+
+    return step
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
@@ -80,8 +94,7 @@ def train_vae(vae, images: torch.Tensor, pcfg: dict, generator: torch.Generator)
     """Reconstruction + beta * KL on random batches of the renderings (in [0, 1]); returns losses."""
     steps, batch = pcfg["vae_steps"], pcfg["batch_size"]
     vae.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=pcfg["vae_lr"], weight_decay=0.0)
-    schedule = _cosine(optimizer, steps)
+    step_on = _optimizer(vae, pcfg["vae_lr"], 0.0, steps)
     losses = []
     for step in tqdm(range(steps), desc="pretrain vae", unit="step"):
         idx = torch.randint(len(images), (batch,), generator=generator)
@@ -90,12 +103,7 @@ def train_vae(vae, images: torch.Tensor, pcfg: dict, generator: torch.Generator)
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         recon = vae.decode(z).sample
         loss = F.mse_loss(recon, x) + pcfg["vae_kl_weight"] * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+        losses.append(step_on(loss))
     vae.eval().requires_grad_(False)
     return losses
 
@@ -143,8 +151,7 @@ def train_transformer(pipe, latents: torch.Tensor, embeds: torch.Tensor, pooled:
     steps, batch = pcfg["transformer_steps"], pcfg["batch_size"]
     transformer = pipe.transformer
     transformer.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=pcfg["transformer_lr"], weight_decay=0.01)
-    schedule = _cosine(optimizer, steps)
+    step_on = _optimizer(transformer, pcfg["transformer_lr"], 0.01, steps)
     losses = []
     bar = tqdm(range(steps), desc="pretrain transformer", unit="step")
     for step in bar:
@@ -158,12 +165,7 @@ def train_transformer(pipe, latents: torch.Tensor, embeds: torch.Tensor, pooled:
                         pooled_projections=pooled[caption_idx], encoder_hidden_states=embeds[caption_idx],
                         txt_ids=text_ids, img_ids=img_ids, return_dict=False)[0]
         loss = F.mse_loss(v, eps - x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
+        losses.append(step_on(loss))
         if step % 100 == 0:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
     transformer.eval().requires_grad_(False)
@@ -198,8 +200,7 @@ def train_tinyclip(model, tokenizer, images: torch.Tensor, scenes: list[Scene], 
     """Symmetric InfoNCE over batches of distinct scenes, each with a random caption template."""
     steps, batch = pcfg["tinyclip_steps"], min(pcfg["batch_size"] * 2, len(scenes))
     model.train().requires_grad_(True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=pcfg["tinyclip_lr"], weight_decay=0.01)
-    schedule = _cosine(optimizer, steps)
+    step_on = _optimizer(model, pcfg["tinyclip_lr"], 0.01, steps)
     captions = [all_captions(s) for s in scenes]
     losses = []
     bar = tqdm(range(steps), desc="pretrain tinyclip", unit="step")
@@ -212,14 +213,10 @@ def train_tinyclip(model, tokenizer, images: torch.Tensor, scenes: list[Scene], 
         out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
         target = torch.arange(batch)
         loss = (F.cross_entropy(out.logits_per_image, target) + F.cross_entropy(out.logits_per_text, target)) / 2
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        value = step_on(loss)
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        losses.append(float(loss.detach()))
+        losses.append(value)
         if step % 100 == 0:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.3f}")
     model.eval().requires_grad_(False)
@@ -237,16 +234,13 @@ def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: i
     ceiling: the rendering of each caption's own scene
     """
     from egrpo.evaluate import sample_images
-
-    class P:  # the Prompt interface sample_images reads
-        def __init__(self, text):
-            self.text = text
+    from egrpo.io import Prompt
 
     prompts = [p for p in prompts if parse(p) is not None]  # only tiny-world captions can be scored
     if not prompts:
         return {"alignment": None, "chance": None, "ceiling": None, "num_prompts": 0, "images_per_prompt": per_prompt}
     scenes = [parse(p) for p in prompts]
-    images = {(p, m): img for p, m, _, img in sample_images(model, [P(t) for t in prompts], num_steps, shift,
+    images = {(p, m): img for p, m, _, img in sample_images(model, [Prompt(t) for t in prompts], num_steps, shift,
                                                           per_prompt, seed)}
     rng = random.Random(seed)
     shuffled = list(range(len(prompts)))

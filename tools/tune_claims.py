@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +59,7 @@ def main() -> None:
                "--plan", str(plan), "--algorithm", algorithm, "--reward-setting", setting, "--seed", str(args.seed),
                "--out", str(out / name), "--resume-dir", str(out / "resume" / name)]
         with open(out / f"{name}.log", "w") as log:
-            subprocess.run(cmd, check=True, stderr=log, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+            subprocess.run(cmd, check=True, stderr=log, env={**os.environ, "OMP_NUM_THREADS": "1"})
         m = json.loads((out / name / "metrics.json").read_text())
         values = [p[f"heldout_{metric}"] for p in m["heldout_curve"]]
         row = {"algorithm": algorithm, "learning_rate": lr, f"final_{metric}": values[-1],
