@@ -104,6 +104,10 @@ def validate(config: dict) -> dict:
     """Fill defaults in place, validate, check cross-field rules; raise ConfigError (one line)."""
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping, got {type(config).__name__}")
+    train = config.get("train")
+    if isinstance(train, dict) and "optimizer_step" in train:
+        raise ConfigError("train.optimizer_step: moved to algorithm_params.<algorithm>.optimizer_step (each "
+                          "algorithm defaults to its published recipe; see docs/baselines.md)")
     validator = _Validator(_load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
     if errors:

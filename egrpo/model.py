@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from egrpo import sde
 from egrpo.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,8 @@ class FlowModel:
         self.num_tokens = (self.latent_hw // 2) ** 2
         self.img_ids = pipe._prepare_latent_image_ids(1, self.latent_hw // 2, self.latent_hw // 2,
                                                       self.device, self.transformer.dtype)
+        self.compute_dtype = getattr(torch, cfg["model"]["dtype"])  # bf16 compute over fp32 master weights
+        self.round_timesteps = False     # feed int(1000*sigma)/1000 (set by the trainer from the recipe)
         self.net = self.transformer      # what is called: the transformer, or its DDP wrapper
         self.reference = None            # frozen copy for KL under full fine-tuning (else: adapter off)
         self.nfe = 0                     # forward evaluations of the policy, per sample
@@ -221,6 +224,7 @@ class FlowModel:
         if cond.prompt_embeds.shape[0] != batch:
             cond = cond.expand(batch)
         dtype = self.transformer.dtype
+        sigma = sde.model_timestep(sigma, self.round_timesteps)
         if torch.is_tensor(sigma) and sigma.ndim == 1:  # one sigma per sample
             timestep = sigma.to(self.device, dtype)
         else:
@@ -228,10 +232,11 @@ class FlowModel:
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((batch,), self.guidance, device=self.device, dtype=dtype)
-        v = net(hidden_states=x.to(dtype), timestep=timestep, guidance=guidance,
-                             pooled_projections=cond.pooled.to(dtype),
-                             encoder_hidden_states=cond.prompt_embeds.to(dtype),
-                             txt_ids=cond.text_ids, img_ids=self.img_ids, return_dict=False)[0]
+        # trainable fp32 master weights (full or LoRA) compute in the model's dtype (bf16 at paper scale)
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+            v = net(hidden_states=x.to(dtype), timestep=timestep, guidance=guidance,
+                    pooled_projections=cond.pooled.to(dtype), encoder_hidden_states=cond.prompt_embeds.to(dtype),
+                    txt_ids=cond.text_ids, img_ids=self.img_ids, return_dict=False)[0]
         return v.float()
 
     @torch.no_grad()

@@ -17,16 +17,27 @@ from egrpo import sde
 
 @dataclass
 class Transition:
-    """One stored stochastic transition x_i -> x_j for the G members of a group.
+    """One stored stochastic transition x_i -> x_j for the members of a group that train it.
 
-    x_from is [1, L, C] when every member branched from one shared state (E-GRPO: one velocity
-    gives all G log-probs) or [G, L, C] for separate trajectories (DanceGRPO).
+    members: indices into the group (None: all G, in order). x_from is [1, L, C] when those members
+    branched from one shared state (E-GRPO: one velocity gives all their log-probs) or [M, L, C]
+    for separate trajectories (DanceGRPO); x_to and logp_old have one row per member.
     """
     i: int
     j: int
-    x_from: torch.Tensor   # [1 or G, L, C]
-    x_to: torch.Tensor     # [G, L, C]
-    logp_old: torch.Tensor  # [G], stored at rollout time: the old policy of the PPO ratio
+    x_from: torch.Tensor   # [1 or M, L, C]
+    x_to: torch.Tensor     # [M, L, C]
+    logp_old: torch.Tensor  # [M], stored at rollout time: the old policy of the PPO ratio
+    members: list[int] | None = None
+
+    def member_ids(self) -> list[int]:
+        return list(range(self.x_to.shape[0])) if self.members is None else list(self.members)
+
+    def select(self, rows: list[int]) -> "Transition":
+        """The same transition restricted to rows (positions in member_ids())."""
+        ids = self.member_ids()
+        x_from = self.x_from if self.x_from.shape[0] == 1 else self.x_from[rows]
+        return Transition(self.i, self.j, x_from, self.x_to[rows], self.logp_old[rows], [ids[r] for r in rows])
 
 
 @dataclass
@@ -42,10 +53,21 @@ class Group:
     info: dict = field(default_factory=dict)
 
 
-def ode_grid(start: int, num_steps: int, stride: int) -> list[int]:
-    """Indices start, start+g, … , N of an ODE run with stride g (always ending at sigma_N = 0)."""
-    grid = list(range(start, num_steps, stride))
-    return grid + [num_steps] if grid else [num_steps]
+def ode_grid(start: int, num_steps: int, stride: int, official: bool = False) -> list[int]:
+    """Indices of an ODE run from `start` to N (= sigma 0) with stride g.
+
+    uniform (official=False): start, start+g, ..., N.
+    official (VisualGRPO's granular schedule): one unit step to start+1, then stride g from there
+    (start+1, start+1+g, ...); the last point of that progression is replaced by N, because the
+    official sampler decodes the x0-prediction of the last evaluated point (= an ODE step to 0).
+    Both cost ceil((N - start)/g) model calls; for g = 1 they agree.
+    """
+    if start >= num_steps:
+        return [num_steps]
+    if official:
+        progression = list(range(start + 1, num_steps + 1, stride))
+        return [start] + progression[:-1] + [num_steps]
+    return list(range(start, num_steps, stride)) + [num_steps]
 
 
 def ode_suffix_calls(start: int, num_steps: int, stride: int) -> int:
@@ -107,7 +129,7 @@ def ode_lanes(velocity: Callable, lanes: list[tuple[torch.Tensor, list[int]]], c
 @torch.no_grad()
 def branch(velocity: Callable, x_s: torch.Tensor, v_s: torch.Tensor, cond_group, sigmas: torch.Tensor,
            s: int, k: int, noise: torch.Tensor, eta: float, mean_std: Callable = sde.sde_mean_std,
-           strides: tuple[int, ...] = (1,)):
+           strides: tuple[int, ...] = (1,), official_grid: bool = False):
     """One group: the SDE transition s -> s+k from the shared x_s, then ODE to the end per stride.
 
     Returns (x_{s+k} [G], logp_old [G], {stride: final latents [G]}); the ODE continuation
@@ -115,26 +137,34 @@ def branch(velocity: Callable, x_s: torch.Tensor, v_s: torch.Tensor, cond_group,
     """
     n = len(sigmas) - 1
     x_next, logp = sde_sample(x_s, v_s, sigmas, s, k, noise, eta, mean_std)
-    finals = ode_lanes(velocity, [(x_next, ode_grid(s + k, n, g)) for g in strides], cond_group, sigmas)
+    finals = ode_lanes(velocity, [(x_next, ode_grid(s + k, n, g, official_grid)) for g in strides], cond_group, sigmas)
     return x_next, logp, dict(zip(strides, finals))
 
 
 @torch.no_grad()
 def sde_trajectory(velocity: Callable, x0: torch.Tensor, cond, sigmas: torch.Tensor, eta: float,
-                   generator: torch.Generator, sde_steps: set[int], mean_std: Callable = sde.sde_mean_std):
-    """Trajectories from x0 [G, L, C] with SDE at the steps in `sde_steps`, ODE elsewhere.
+                   generator: torch.Generator, sde_steps: set[int], group_size: int,
+                   mean_std: Callable = sde.sde_mean_std):
+    """G trajectories from x0 ([G, L, C], or [1, L, C] shared by the group) with SDE at `sde_steps`.
 
-    Returns (states [N+1] of [G, L, C], logps {step: [G]} for the SDE steps).
+    While the members still share one state (a shared x0 before the first SDE step) the velocity
+    is computed once. Returns (states [N+1] of [1 or G, L, C], logps {step: [G]}, x0_hat [G]: the
+    x0-prediction x_{N-1} - sigma_{N-1} v_{N-1} of the last step).
     """
+    n = len(sigmas) - 1
     x, states, logps = x0, [x0], {}
-    for i in range(len(sigmas) - 1):
+    v = x
+    for i in range(n):
         v = velocity(x, float(sigmas[i]), cond)
         if i in sde_steps:
             mean, std = mean_std(x, v, sigmas, i, i + 1, eta)
-            noise = torch.randn(x.shape, generator=generator).to(x.device)
-            x = mean + std * noise
-            logps[i] = sde.gaussian_log_prob(x, mean, std)
+            noise = torch.randn((group_size,) + tuple(x.shape[1:]), generator=generator).to(x.device)
+            x_next = mean + std * noise
+            logps[i] = sde.gaussian_log_prob(x_next, mean.expand_as(x_next), std)
         else:
-            x = sde.ode_step(x, v, sigmas, i, i + 1)
+            x_next = sde.ode_step(x, v, sigmas, i, i + 1)
+        if i == n - 1:
+            x0_hat = sde.x0_prediction(x, v, float(sigmas[i])).expand(group_size, -1, -1)
+        x = x_next
         states.append(x)
-    return states, logps
+    return states, logps, x0_hat

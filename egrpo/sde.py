@@ -1,6 +1,6 @@
 """The paper's math: sigma schedule, SDE/ODE transitions, log-probabilities, analytic entropy.
 
-Pure tensor math in float32; imports nothing of the project. Notation (DESIGN.md §2, 0-based):
+Pure tensor math in float32; imports nothing of the project. Notation (docs/design.md §2, 0-based):
 
     N            number of sampling steps; step i goes from sigma_i to sigma_{i+1}
     shift        time shift of the schedule
@@ -16,10 +16,14 @@ Pure tensor math in float32; imports nothing of the project. Notation (DESIGN.md
     x_j          = x + v*dt                                            (ODE transition, eta = 0)
     log p(x_j|x_i) = mean over latent dims of log N(x_j; mean, (std_t*sqrt(-dt))^2)
     H(i, k)      = 0.5 * log(2*pi*e * std_t^2 * (-dt))                 (nats per latent dim)
+    x0_hat       = x_i - sigma_i * v                                   (x0-prediction)
+    A            = (r - mean_G r) / (std_G r + eps)                    (group advantage)
+    KL(p || ref) = mean over latent dims of |mean - mean_ref|^2 / (2 d^2)
+                   d = std_t (flow_grpo's form) or std_t*sqrt(-dt) (the exact Gaussian KL)
 
 The mean is the Euler step of the reverse-time SDE whose marginals match the flow ODE
 (Flow-GRPO's form); E-GRPO uses the same transition with a larger dt for merged steps.
-The SDE of DanceGRPO (std = eta*sqrt(-dt), score-based drift) is `dance_step_mean_std`.
+The SDE of DanceGRPO (std = eta*sqrt(-dt), score-based drift) is `dance_mean_std`.
 """
 from __future__ import annotations
 
@@ -85,6 +89,37 @@ def gaussian_kl_same_std(mean_p: torch.Tensor, mean_q: torch.Tensor, std: float)
     return ((mean_p.float() - mean_q.float()) ** 2).flatten(1).mean(dim=1) / (2 * std**2)
 
 
+def kl_to_reference(mean: torch.Tensor, mean_ref: torch.Tensor, transition_std: float, sigmas: torch.Tensor,
+                    i: int, j: int, divisor: str = "sde_std") -> torch.Tensor:
+    """KL term of transition i -> j: |mean - mean_ref|^2 / (2 d^2), mean over latent dims, per sample.
+
+    divisor "transition_std": d = std_t*sqrt(-dt), the exact KL of the two Gaussian transitions;
+    divisor "sde_std": d = std_t = transition_std / sqrt(-dt), flow_grpo's form (its KL is the exact
+    one times (sigma_i - sigma_j), i.e. 6-46x weaker at N = 16, shift 3).
+    """
+    if divisor == "transition_std":
+        d = transition_std
+    elif divisor == "sde_std":
+        d = transition_std / math.sqrt(float(sigmas[i] - sigmas[j]))
+    else:
+        raise ValueError(f"unknown KL divisor {divisor!r}")
+    return gaussian_kl_same_std(mean, mean_ref, d)
+
+
+def x0_prediction(x: torch.Tensor, v: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x0_hat = x - sigma*v: where the flow ODE lands from x in one step (DanceGRPO rewards this)."""
+    return x - sigma * v
+
+
+def model_timestep(sigma: float | torch.Tensor, rounding: bool):
+    """The timestep fed to the transformer: sigma, or int(1000*sigma)/1000 as the official codes do."""
+    if not rounding:
+        return sigma
+    if torch.is_tensor(sigma):
+        return torch.floor(sigma.double() * 1000) / 1000
+    return int(float(sigma) * 1000) / 1000
+
+
 def ode_step(x: torch.Tensor, v: torch.Tensor, sigmas: torch.Tensor, i: int, j: int) -> torch.Tensor:
     """Euler step of the flow ODE: x_j = x_i + v*(sigma_j - sigma_i)."""
     return x + v * float(sigmas[j] - sigmas[i])
@@ -101,19 +136,33 @@ def step_entropies(sigmas: torch.Tensor, eta: float) -> list[float]:
     return [analytic_entropy(sigmas, i, 1, eta) for i in range(len(sigmas) - 1)]
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """A = (r - mean_G r) / (std_G r + eps) along the last dim (population std).
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-8, unbiased: bool = False,
+                     std: torch.Tensor | float | None = None) -> torch.Tensor:
+    """A = (r - mean_G r) / (std_G r + eps) along the last dim.
 
+    unbiased: the sample (Bessel-corrected, torch.std) std instead of the population std (np.std);
+    std: a given std instead of the group's (flow_grpo's global_std: the std of the whole batch).
     Non-finite rewards get advantage 0 and are left out of the statistics; a group whose finite
     rewards all tie gives zeros, never NaN.
     """
     finite = torch.isfinite(rewards)
-    count = finite.sum(-1, keepdim=True).clamp(min=1)
+    count = finite.sum(-1, keepdim=True)
     r = torch.where(finite, rewards, torch.zeros_like(rewards))
-    mean = r.sum(-1, keepdim=True) / count
-    var = (torch.where(finite, r - mean, torch.zeros_like(r)) ** 2).sum(-1, keepdim=True) / count
-    adv = (r - mean) / (var.sqrt() + eps)
+    mean = r.sum(-1, keepdim=True) / count.clamp(min=1)
+    if std is None:
+        dof = (count - 1 if unbiased else count).clamp(min=1)
+        var = (torch.where(finite, r - mean, torch.zeros_like(r)) ** 2).sum(-1, keepdim=True) / dof
+        std = var.sqrt()
+    adv = (r - mean) / (std + eps)
     return torch.where(finite, adv, torch.zeros_like(adv))
+
+
+def batch_std(rewards: torch.Tensor, unbiased: bool = False) -> float:
+    """The std of all finite rewards of a batch (flow_grpo's global_std); 0 for fewer than 2."""
+    finite = rewards[torch.isfinite(rewards)]
+    if finite.numel() < 2:
+        return 0.0
+    return float(finite.double().std(unbiased=unbiased))
 
 
 def ppo_clip_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,

@@ -13,7 +13,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from egrpo import sde
 from egrpo.algorithms import build_algorithm
+from egrpo.algorithms.base import AdvantageRule
 from egrpo.io import atomic_dir, atomic_write_json, atomic_write_text, load_prompts
 from egrpo.model import FlowModel, add_lora, load_pipeline, save_policy, trainable_state_dict
 from egrpo.rewards import RewardSetting
@@ -49,31 +50,81 @@ class ScoredGroups:
     nonfinite: int
 
 
-def score_groups(groups, model: FlowModel, setting: RewardSetting, prompts, adv_clip: float) -> ScoredGroups:
-    """Decode every final sample, score it, and normalize within (group, label, reward)."""
+def score_groups(groups, model: FlowModel, setting: RewardSetting, prompts, adv_clip: float,
+                 rule: AdvantageRule = AdvantageRule()) -> ScoredGroups:
+    """Decode every final sample, score it, and turn the rewards into advantages per (group, label).
+
+    rule.combination sum_then_normalize: A = norm(sum_r w_r r_r); normalize_then_sum:
+    A = sum_r w_r norm(r_r). norm uses rule's std (sample / population, or the whole batch's with
+    global_std) and eps. The labels of a group (E-GRPO's strides) are normalized separately and their
+    advantages summed. A sample with any non-finite component is dropped (advantage 0). Advantages
+    come back on the model's device.
+    """
     keys = [(gi, label) for gi, g in enumerate(groups) for label in g.finals]
     latents = torch.cat([groups[gi].finals[label] for gi, label in keys])
     texts = [prompts[groups[gi].prompt_index].text for gi, label in keys for _ in range(groups[gi].finals[label].shape[0])]
     images = model.decode(latents)
     components = {name: scores.float().cpu() for name, scores in setting.components(images, texts).items()}
     combined = setting.combine(components)
+    valid = torch.stack([torch.isfinite(scores) for scores in components.values()]).all(0)
+    nan = torch.full_like(combined, float("nan"))
+    to_normalize = {"combined": (torch.where(valid, combined, nan), 1.0)} if rule.combination == "sum_then_normalize" \
+        else {name: (torch.where(valid, scores, nan), setting.weights[name]) for name, scores in components.items()}
+    global_std = {name: sde.batch_std(r, rule.unbiased) for name, (r, _) in to_normalize.items()} if rule.global_std else {}
     advantages = [torch.zeros(g.finals[next(iter(g.finals))].shape[0]) for g in groups]
     offset, zero_std, nonfinite = 0, 0, 0
     for gi, label in keys:
         size = groups[gi].finals[label].shape[0]
         part = slice(offset, offset + size)
         offset += size
-        # a sample with any non-finite component is dropped from its group (advantage 0)
-        valid = torch.stack([torch.isfinite(scores[part]) for scores in components.values()]).all(0)
-        for name, scores in components.items():
-            masked = torch.where(valid, scores[part], torch.full_like(scores[part], float("nan")))
-            advantages[gi] += setting.weights[name] * sde.group_advantages(masked)
-        group_combined = combined[part]
-        finite = group_combined[torch.isfinite(group_combined)]
+        for name, (rewards, weight) in to_normalize.items():
+            advantages[gi] += weight * sde.group_advantages(rewards[part], rule.eps, rule.unbiased, global_std.get(name))
+        finite = combined[part][valid[part]]
         nonfinite += size - finite.numel()
         zero_std += int(finite.numel() < 2 or float(finite.std(unbiased=False)) == 0.0)
-    advantages = [a.clamp(-adv_clip, adv_clip) for a in advantages]
-    return ScoredGroups(advantages, combined, components, zero_std / max(1, len(keys)), nonfinite)
+    device = getattr(model, "device", torch.device("cpu"))
+    advantages = [a.clamp(-adv_clip, adv_clip).to(device) for a in advantages]
+    return ScoredGroups(advantages, torch.where(valid, combined, nan), components, zero_std / max(1, len(keys)), nonfinite)
+
+
+@dataclass
+class Rollout:
+    groups: list                      # every group of the iteration's prompts (this process)
+    conds: dict                       # prompt index -> its [1]-batch conditioning
+    nfe: int                          # measured policy forwards
+    expected_nfe: int                 # the algorithm's closed form
+    prompts: int
+
+
+@dataclass
+class UpdateStats:
+    losses: list = field(default_factory=list)       # mean PPO(+KL) term per trained transition
+    ratios: list = field(default_factory=list)       # ratio tensors of every evaluated pair
+    first_dev: list = field(default_factory=list)    # |ratio - 1| before the first optimizer step
+    clipped: list = field(default_factory=list)      # |ratio - 1| > eps, every pair
+    clipped_after: list = field(default_factory=list)  # ... after the first optimizer step
+    kls: list = field(default_factory=list)
+    grad_norms: list = field(default_factory=list)
+    skipped: int = 0
+    dropped: int = 0
+    pairs: int = 0
+
+    def row(self) -> dict:
+        cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0)
+        mean = lambda xs: float(cat(xs).mean()) if xs and cat(xs).numel() else math.nan
+        return {
+            "loss": sum(self.losses) / len(self.losses) if self.losses else math.nan,
+            "kl": sum(self.kls) / len(self.kls) if self.kls else math.nan,
+            "ratio_mean": mean(self.ratios),
+            "ratio_abs_dev_first": mean(self.first_dev),
+            "clip_fraction": mean(self.clipped),
+            "clip_fraction_after_first_step": mean(self.clipped_after),
+            "grad_norm": sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else math.nan,
+            "grad_norm_max": max(self.grad_norms) if self.grad_norms else math.nan,
+            "optimizer_steps": len(self.grad_norms),
+            "trained_pairs": self.pairs,
+            "skipped_steps": self.skipped,
+        }
 
 
 class Trainer:
@@ -99,6 +150,7 @@ class Trainer:
         # global (not the thread-local sdpa_kernel context): autograd runs the backward on its own thread
         torch.backends.cuda.enable_cudnn_sdp(self.tcfg["cudnn_attention"])
         self.model = FlowModel(load_pipeline(cfg, model_dir), cfg, self.accelerator.device)
+        self.model.round_timesteps = self.algo.timestep_rounding
         transformer = self.model.transformer
         if self.tcfg["finetune"] == "lora":
             add_lora(transformer, self.tcfg["lora_rank"], self.tcfg["lora_alpha"])
@@ -108,7 +160,9 @@ class Trainer:
                 self.model.reference = copy.deepcopy(transformer).requires_grad_(False).eval()
             transformer.requires_grad_(True)
         self.params = [p for p in transformer.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.tcfg["learning_rate"],
+        for p in self.params:  # fp32 master weights; the forward computes in model.dtype (autocast)
+            p.data = p.data.float()
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.algo.learning_rate,
                                            weight_decay=self.tcfg["weight_decay"])
         # single process: returned as is; several (accelerate launch): DDP all-reduces the gradients
         self.model.net, self.optimizer = self.accelerator.prepare(transformer, self.optimizer)
@@ -148,123 +202,157 @@ class Trainer:
         return True
 
     def optimizer_step(self) -> float:
-        """Clip the gradient norm, step, clear; returns the norm before clipping."""
+        """Average the gradients over processes, clip their norm, step, clear; returns the norm
+        before clipping."""
+        if self.world > 1:
+            import torch.distributed as dist
+            for p in self.params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad /= self.world
         norm = float(self.accelerator.clip_grad_norm_(self.params, self.tcfg["max_grad_norm"]))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
-    # ---- one iteration -------------------------------------------------------------------------
+    # ---- one iteration: rollout -> score -> update ------------------------------------------------
     def iteration(self, it: int) -> dict:
-        tcfg, model = self.tcfg, self.model
         start = time.perf_counter()
+        rollout = self.rollout(it)
+        scored = score_groups(rollout.groups, self.model, self.setting, self.prompts, self.tcfg["adv_clip_max"],
+                              self.algo.advantage)
+        nfe0, ref0 = self.model.nfe, self.model.nfe_reference
+        stats = self.update(rollout, scored.advantages)
+        return self.log_row(it, rollout, scored, stats, self.model.nfe - nfe0, self.model.nfe_reference - ref0,
+                            time.perf_counter() - start)
+
+    def rollout(self, it: int) -> Rollout:
+        """Draw this iteration's prompts (a pure function of seed and iteration) and sample their groups."""
+        model = self.model
         generator = iteration_generator(self.seed, it)
-        drawn = torch.randint(len(self.prompts), (tcfg["prompts_per_iteration"] * self.world,), generator=generator)
+        drawn = torch.randint(len(self.prompts), (self.tcfg["prompts_per_iteration"] * self.world,), generator=generator)
         prompt_ids = drawn[self.rank::self.world].tolist()  # each process rolls out its share of the prompts
         if self.world > 1:  # and draws its own noises
             generator = torch.Generator().manual_seed(iteration_generator(self.seed, it).initial_seed() * 64 + self.rank)
         nfe0 = model.nfe
-        groups, conds, expected_nfe = [], {}, 0
+        groups, conds, expected = [], {}, 0
         for p in prompt_ids:
             if p not in conds:
                 conds[p] = model.encode([self.prompts[p].text])
             prompt_groups = self.algo.rollout(model, conds[p], p, generator, it)
-            expected_nfe += self.algo.expected_rollout_nfe(prompt_groups)
+            expected += self.algo.expected_rollout_nfe(prompt_groups)
             groups += prompt_groups
-        nfe_rollout = model.nfe - nfe0
-        scored = score_groups(groups, model, self.setting, self.prompts, tcfg["adv_clip_max"])
+        return Rollout(groups, conds, model.nfe - nfe0, expected, len(prompt_ids))
 
-        items = [(g, t, adv) for g, adv in zip(groups, scored.advantages) for t in g.transitions]
-        nfe1 = model.nfe
-        losses, ratios, first_dev, clipped, grad_norms, skipped, dropped = [], [], [], [], [], 0, 0
-        kls, nfe_ref0 = [], model.nfe_reference
-        updated = False  # |ratio - 1| is recorded only before the first optimizer step of the iteration
-        per_entry = tcfg["optimizer_step"] == "per_entry"
-        for epoch in range(tcfg["inner_epochs"]):
-            for group, tr, adv in items:
-                keep = torch.isfinite(tr.logp_old)
-                dropped += int((~keep).sum()) if epoch == 0 else 0
-                adv_used = torch.where(keep, adv, torch.zeros_like(adv)).to(model.device)
-                logp_old = torch.where(keep, tr.logp_old, torch.zeros_like(tr.logp_old))
-                v = model.velocity(tr.x_from, float(self.algo.sigmas[tr.i]), conds[group.prompt_index])
-                mean, std = self.algo.mean_std(tr.x_from, v, self.algo.sigmas, tr.i, tr.j, self.algo.eta)
-                logp_new = sde.gaussian_log_prob(tr.x_to, mean.expand_as(tr.x_to), std)
-                logp_new = torch.where(keep, logp_new, torch.zeros_like(logp_new))
-                loss, ratio = sde.ppo_clip_loss(logp_new, logp_old, adv_used, tcfg["clip_range"])
-                if self.algo.kl_beta > 0:
-                    v_ref = model.velocity(tr.x_from, float(self.algo.sigmas[tr.i]), conds[group.prompt_index], reference=True)
-                    mean_ref, _ = self.algo.mean_std(tr.x_from, v_ref, self.algo.sigmas, tr.i, tr.j, self.algo.eta)
-                    kl = sde.gaussian_kl_same_std(mean, mean_ref, std).mean()
-                    kls.append(float(kl.detach()))
-                    loss = loss + self.algo.kl_beta * kl
-                if not torch.isfinite(loss):  # skip it; gradients accumulated so far are kept
-                    skipped += 1
-                    log.warning("iteration %d: non-finite loss, step skipped", it)
-                    if self.world == 1:
-                        continue
-                    # other processes do call backward: keep DDP's collective calls in step
-                    self.accelerator.backward(sum(p.sum() for p in self.params) * 0.0)
-                    continue
-                self.accelerator.backward(loss if per_entry else loss / len(items))
-                losses.append(float(loss.detach()))
-                r = ratio.detach()[keep]
-                ratios.append(r)
-                clipped.append(((r - 1).abs() > tcfg["clip_range"]).float())
-                if not updated:
-                    first_dev.append((r - 1).abs())
-                if per_entry:
-                    grad_norms.append(self.optimizer_step())
-                    updated = True
-            if not per_entry:
-                grad_norms.append(self.optimizer_step())
-                updated = True
-        nfe_train = model.nfe - nfe1
-        nfe_reference = model.nfe_reference - nfe_ref0
-        elapsed = time.perf_counter() - start
+    def update(self, rollout: Rollout, advantages: list[torch.Tensor]) -> UpdateStats:
+        """PPO-clip over the stored transitions, one optimizer step per unit of the algorithm's
+        `update_units` (per plan entry, every n samples, n per iteration, or once)."""
+        stats = UpdateStats()
+        units = self.algo.update_units(rollout.groups)
+        n_units = self._common_unit_count(len(units))
+        for epoch in range(self.tcfg["inner_epochs"]):
+            for u in range(n_units):
+                unit = units[u] if u < len(units) else []
+                pairs = sum(tr.x_to.shape[0] for _, tr in unit)
+                for gi, tr in unit:
+                    group = rollout.groups[gi]
+                    self.train_transition(tr, advantages[gi], rollout.conds[group.prompt_index], pairs, stats,
+                                          first_epoch=epoch == 0)
+                stats.grad_norms.append(self.optimizer_step())
+        return stats
 
+    def train_transition(self, tr, group_advantages: torch.Tensor, cond, unit_pairs: int, stats: UpdateStats,
+                         first_epoch: bool) -> None:
+        """Backward of one transition's mean PPO(+KL) term, weighted by its share of the unit's pairs."""
+        algo, model, clip_range = self.algo, self.model, self.tcfg["clip_range"]
+        device = model.device
+        adv = group_advantages[torch.as_tensor(tr.member_ids(), device=group_advantages.device)].to(device)
+        logp_old = tr.logp_old.to(device)
+        keep = torch.isfinite(logp_old)
+        stats.dropped += int((~keep).sum()) if first_epoch else 0
+        adv = torch.where(keep, adv, torch.zeros_like(adv))
+        logp_old = torch.where(keep, logp_old, torch.zeros_like(logp_old))
+        sigma = float(algo.sigmas[tr.i])
+        v = model.velocity(tr.x_from, sigma, cond)
+        mean, std = algo.mean_std(tr.x_from, v, algo.sigmas, tr.i, tr.j, algo.eta)
+        logp_new = sde.gaussian_log_prob(tr.x_to, mean.expand_as(tr.x_to), std)
+        logp_new = torch.where(keep, logp_new, torch.zeros_like(logp_new))
+        loss, ratio = sde.ppo_clip_loss(logp_new, logp_old, adv, clip_range)
+        if algo.kl_beta > 0:
+            v_ref = model.velocity(tr.x_from, sigma, cond, reference=True)
+            mean_ref, _ = algo.mean_std(tr.x_from, v_ref, algo.sigmas, tr.i, tr.j, algo.eta)
+            kl = sde.kl_to_reference(mean, mean_ref, std, algo.sigmas, tr.i, tr.j, algo.kl_divisor).mean()
+            stats.kls.append(float(kl.detach()))
+            loss = loss + algo.kl_beta * kl
+        if not torch.isfinite(loss):  # skip it; gradients accumulated so far are kept
+            stats.skipped += 1
+            log.warning("non-finite loss at transition %d -> %d, skipped", tr.i, tr.j)
+            return
+        with self._no_sync():
+            self.accelerator.backward(loss * (tr.x_to.shape[0] / unit_pairs))
+        stats.losses.append(float(loss.detach()))
+        stats.pairs += int(keep.sum())
+        r = ratio.detach()[keep]
+        stats.ratios.append(r)
+        clipped = ((r - 1).abs() > clip_range).float()
+        stats.clipped.append(clipped)
+        if stats.grad_norms:
+            stats.clipped_after.append(clipped)
+        else:
+            stats.first_dev.append((r - 1).abs())
+
+    def _no_sync(self):
+        """Gradients are averaged over processes once per optimizer step (see optimizer_step), not at
+        every backward: processes may train different numbers of transitions per step."""
+        return self.accelerator.no_sync(self.model.net) if self.world > 1 else contextlib.nullcontext()
+
+    def _common_unit_count(self, n: int) -> int:
+        """The number of optimizer steps this iteration: the most any process has (the others step
+        on zero gradients, keeping every process's collectives in step)."""
+        if self.world == 1:
+            return n
+        import torch.distributed as dist
+        count = torch.tensor([n], device=self.model.device)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return int(count)
+
+    def log_row(self, it: int, rollout: Rollout, scored: ScoredGroups, stats: UpdateStats, nfe_train: int,
+                nfe_reference: int, elapsed: float) -> dict:
+        """Account the iteration's cost into the run state and build its train_log.csv row."""
+        model, nfe_rollout, expected_nfe, n_prompts = self.model, rollout.nfe, rollout.expected_nfe, rollout.prompts
         if self.world > 1:  # totals over processes
             counts = self.accelerator.reduce(torch.tensor([nfe_rollout, nfe_train, nfe_reference, expected_nfe,
-                                                           len(prompt_ids)], device=model.device), "sum").tolist()
+                                                           n_prompts], device=model.device), "sum").tolist()
             nfe_rollout, nfe_train, nfe_reference, expected_nfe, n_prompts = (int(c) for c in counts)
             scored.rewards = self.accelerator.gather(scored.rewards.to(model.device)).cpu()
-        else:
-            n_prompts = len(prompt_ids)
         st = self.state
         st["nfe_rollout"] += nfe_rollout
         st["nfe_train"] += nfe_train
         st["nfe_reference"] = st.get("nfe_reference", 0) + nfe_reference
         st["prompts_seen"] += n_prompts
         st["wall_s"] += elapsed
-        cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0)
         finite_rewards = scored.rewards[torch.isfinite(scored.rewards)]
-        row = {
+        return {
             "iteration": it + 1,
             "reward_mean": float(finite_rewards.mean()) if finite_rewards.numel() else math.nan,
             "reward_std": float(finite_rewards.std(unbiased=False)) if finite_rewards.numel() else math.nan,
             **{f"reward_{k}_mean": float(v[torch.isfinite(v)].mean()) for k, v in scored.components.items()},
             "zero_std_ratio": scored.zero_std_ratio,
-            "loss": sum(losses) / len(losses) if losses else math.nan,
-            "kl": sum(kls) / len(kls) if kls else math.nan,
-            "ratio_mean": float(cat(ratios).mean()) if ratios else math.nan,
-            "ratio_abs_dev_first": float(cat(first_dev).mean()) if first_dev else math.nan,
-            "clip_fraction": float(cat(clipped).mean()) if clipped else math.nan,
-            "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else math.nan,
-            "grad_norm_max": max(grad_norms) if grad_norms else math.nan,
-            "groups": len(groups),
-            "transitions": len(items),
+            **stats.row(),
+            "groups": len(rollout.groups),
+            "transitions": sum(len(g.transitions) for g in rollout.groups),
             "nfe_rollout": nfe_rollout,
             "nfe_train": nfe_train,
             "nfe_reference": nfe_reference,
             "nfe_rollout_expected": expected_nfe,
-            "nfe_train_expected": self.algo.expected_train_nfe(groups) * tcfg["inner_epochs"] * self.world,
+            "nfe_train_expected": self.algo.expected_train_nfe(rollout.groups) * self.tcfg["inner_epochs"] * self.world,
             "nfe_total": st["nfe_rollout"] + st["nfe_train"],
             "forward_equivalents": forward_equivalents(st),
-            "nonfinite_samples": scored.nonfinite + dropped,
-            "skipped_steps": skipped,
+            "nonfinite_samples": scored.nonfinite + stats.dropped,
             "iteration_s": elapsed,
             "wall_s": st["wall_s"],
         }
-        return row
 
     # ---- held-out curve -------------------------------------------------------------------------
     @torch.no_grad()
@@ -279,6 +367,7 @@ class Trainer:
             self._heldout_rewards = {r: build_reward(r, self.cfg) for r in h["metrics"]}
             self._heldout_prompts = load_prompts(self.cfg["prompts"]["eval"], "prompts.eval")[:h["num_prompts"]]
         net, model.net = model.net, model.transformer  # unwrapped: no DDP collectives, main process only
+        rounding, model.round_timesteps = model.round_timesteps, False  # as `egrpo evaluate` samples
         nfe = model.nfe
         try:
             images, texts = [], []
@@ -288,7 +377,7 @@ class Trainer:
                 images.append(image)
                 texts.append(self._heldout_prompts[p].text)
         finally:
-            model.net, model.nfe = net, nfe  # measurement, not training cost
+            model.net, model.nfe, model.round_timesteps = net, nfe, rounding  # measurement, not training cost
         batch = torch.stack(images)
         return {f"heldout_{r}": float(fn(batch, texts).float().mean()) for r, fn in self._heldout_rewards.items()}
 
@@ -316,8 +405,10 @@ class Trainer:
         with tracking as (mlflow, run):
             if main:
                 self.state["mlflow_run_id"] = run.info.run_id
-                if self.plan and self.state["resumed_from"] is None:
-                    mlflow.log_param("plan", json.dumps(self.plan))
+                if self.state["resumed_from"] is None:
+                    mlflow.log_params({f"recipe.{k}": json.dumps(v) for k, v in self.algo.recipe().items()})
+                    if self.plan:
+                        mlflow.log_param("plan", json.dumps(self.plan))
             bar = tqdm(range(self.state["iteration"], iterations), initial=self.state["iteration"], total=iterations,
                        desc=f"train {self.algorithm_name}/{self.reward_setting_name}/seed{self.seed}", unit="it",
                        disable=not main)
@@ -382,6 +473,7 @@ class Trainer:
             "final_train_reward": rows[-1]["reward_mean"] if rows else math.nan,
             "mean_ratio_abs_dev_first": float(pd.DataFrame(rows)["ratio_abs_dev_first"].mean()) if rows else math.nan,
             "plan": [{"start": s, "length": k} for s, k in self.plan] if self.plan else None,
+            "recipe": self.algo.recipe(),
             "max_forward_equivalents": self.tcfg["max_forward_equivalents"],
             "heldout_curve": st.get("heldout", []),
             "resumed_from_iteration": st["resumed_from"],

@@ -20,3 +20,27 @@ def test_flux_gpu_benchmark_toy_and_skip():
     out = run("benchmarks/flux_gpu.py", "--tiny", "--device", "cpu", "--resolution", "64", "--group-size", "2",
               "--text-tokens", "8", "--repeats", "1", "--peak-tflops", "1")
     assert "forward+backward" in out and "RESULT flux_gpu_mfu" in out
+
+
+def test_nfe_benchmark_toy():
+    out = run("benchmarks/nfe.py", "--num-steps", "4", "--group-size", "2")
+    assert "RESULT nfe_egrpo_over_dancegrpo" in out
+    for line in out.splitlines():  # measured == closed form for every algorithm
+        parts = line.split()
+        if parts and parts[0] in ("egrpo", "dancegrpo", "mixgrpo", "flowgrpo"):
+            assert parts[1] == parts[2] and parts[3] == parts[4], line
+
+
+def test_recipe_check_tool(tmp_path, tiny_model_dir):
+    """tools/recipe_check.py: one iteration per algorithm with its default recipe."""
+    import yaml
+
+    from conftest import micro_config
+
+    cfg = micro_config(tmp_path, sampling={"group_size": 4})
+    path = tmp_path / "micro.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run("tools/recipe_check.py", "--config", str(path), "--model", str(tiny_model_dir))
+    assert out.count("optimizer steps") == 4
+    assert "shared initial noise: True" in out and "shared initial noise: False" in out  # dancegrpo, flowgrpo
+    assert "never step 3: True" in out

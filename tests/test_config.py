@@ -12,7 +12,7 @@ def test_shipped_configs_validate_and_fill_defaults(tmp_path):
     assert cfg["algorithms"] == ["egrpo", "dancegrpo"] and len(cfg["reward_settings"]) == 2
     cfg = validate(micro_config(tmp_path))
     assert cfg["threshold"]["max_steps"] is None
-    assert cfg["algorithm_params"]["egrpo"]["granular_list"] == [1]
+    assert cfg["algorithm_params"]["egrpo"]["granular_list"] == [1, 2]
     assert cfg["evaluate"]["seed"] == 1234
 
 
@@ -36,7 +36,10 @@ BAD = [
     ({"threshold": {"max_steps": 9}}, "threshold.max_steps"),
     ({"evaluate": {"metrics": ["nope"]}}, "evaluate.metrics"),
     ({"train": {"learning_rate": 0}}, "train.learning_rate"),
-    ({"train": {"optimizer_step": "sometimes"}}, "train.optimizer_step"),
+    ({"train": {"optimizer_step": "per_entry"}}, "train.optimizer_step: moved to algorithm_params"),
+    ({"algorithm_params": {"dancegrpo": {"optimizer_step": "sometimes"}}}, "algorithm_params.dancegrpo.optimizer_step"),
+    ({"algorithm_params": {"flowgrpo": {"kl_divisor": "dt"}}}, "algorithm_params.flowgrpo.kl_divisor"),
+    ({"algorithm_params": {"mixgrpo": {"reward_on": "image"}}}, "algorithm_params.mixgrpo.reward_on"),
     ({"model": {"tiny": {"head_dim": 6}}}, "model.tiny.head_dim"),
     ({"reward_settings": {"c": {"clip": 1.0}}}, "reward_models.clip"),
     ({"prompts": {"train": "x.txt"}}, "prompts"),

@@ -1,4 +1,4 @@
-"""The math of egrpo.sde against closed forms, diffusers, and the values quoted in DESIGN.md."""
+"""The math of egrpo.sde against closed forms, diffusers, and the values quoted in docs/design.md."""
 import math
 
 import numpy as np
@@ -99,6 +99,47 @@ def test_group_advantages():
     a = sde.group_advantages(torch.tensor([1.0, float("nan"), 3.0, float("inf")]))
     assert torch.isfinite(a).all() and a[1] == 0 and a[3] == 0
     torch.testing.assert_close(a[[0, 2]], torch.tensor([-1.0, 1.0]), atol=1e-6, rtol=0)
+
+
+def test_group_advantages_sample_std_eps_and_global_std():
+    """[1, 2, 3, 4]: population std sqrt(5/4) (np.std, flow_grpo), sample std sqrt(5/3) (torch.std, the others)."""
+    r = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    torch.testing.assert_close(sde.group_advantages(r, unbiased=True), (r - 2.5) / (math.sqrt(5 / 3) + 1e-8))
+    torch.testing.assert_close(sde.group_advantages(r, eps=1e-4), (r - 2.5) / (math.sqrt(5 / 4) + 1e-4))
+    torch.testing.assert_close(sde.group_advantages(r, std=2.0), (r - 2.5) / 2.0)
+    # NaN members are left out of the Bessel count too: 1 and 3 -> mean 2, sample std sqrt(2)
+    a = sde.group_advantages(torch.tensor([1.0, float("nan"), 3.0]), unbiased=True)
+    torch.testing.assert_close(a, torch.tensor([-1.0, 0.0, 1.0]) / math.sqrt(2), atol=1e-6, rtol=0)
+    assert torch.equal(sde.group_advantages(torch.tensor([0.5]), unbiased=True), torch.zeros(1))
+    assert sde.batch_std(torch.tensor([1.0, 2.0, 3.0, 4.0, float("nan")])) == pytest.approx(math.sqrt(5 / 4))
+    assert sde.batch_std(torch.tensor([1.0])) == 0.0
+
+
+def test_kl_to_reference_flow_grpo_form_and_exact_form():
+    """flow_grpo: |dm|^2 / (2 std_t^2) with std_t the SDE coefficient; the exact Gaussian KL divides by the
+    transition variance std_t^2 (sigma_i - sigma_j), i.e. is 1/(sigma_i - sigma_j) times stronger."""
+    sigmas = sde.sigma_schedule(16, 3.0)
+    mean, mean_ref = torch.zeros(1, 2, 2), torch.full((1, 2, 2), 0.1)
+    for i in (0, 5, 15):
+        std_t = sde.sde_std(sigmas, i, 0.7)
+        _, transition_std = sde.sde_mean_std(mean, mean, sigmas, i, i + 1, 0.7)
+        flow = sde.kl_to_reference(mean, mean_ref, transition_std, sigmas, i, i + 1, "sde_std")
+        exact = sde.kl_to_reference(mean, mean_ref, transition_std, sigmas, i, i + 1, "transition_std")
+        assert float(flow) == pytest.approx(0.01 / (2 * std_t**2), rel=1e-5)
+        assert float(exact) == pytest.approx(float(flow) / float(sigmas[i] - sigmas[i + 1]), rel=1e-5)
+    # DanceGRPO's SDE: transition std eta*sqrt(-dt), so the SDE coefficient is eta
+    _, dance_std = sde.dance_mean_std(mean, mean + 1.0, sigmas, 3, 4, 0.3)
+    assert float(sde.kl_to_reference(mean, mean_ref, dance_std, sigmas, 3, 4)) == pytest.approx(0.01 / (2 * 0.09), rel=1e-5)
+
+
+def test_x0_prediction_and_timestep_rounding():
+    x, v = torch.tensor([[[2.0]]]), torch.tensor([[[3.0]]])
+    torch.testing.assert_close(sde.x0_prediction(x, v, 0.25), torch.tensor([[[1.25]]]))
+    sigmas = sde.sigma_schedule(16, 3.0)
+    assert sde.model_timestep(float(sigmas[3]), False) == float(sigmas[3])
+    assert sde.model_timestep(float(sigmas[3]), True) == int(float(sigmas[3]) * 1000) / 1000 == 0.928
+    rounded = sde.model_timestep(sigmas.float(), True)
+    assert rounded[0] == 1.0 and rounded[-1] == 0.0 and float(rounded[3]) == pytest.approx(0.928)
 
 
 def test_ppo_clip_loss_closed_form():

@@ -47,9 +47,10 @@ def test_same_seed_same_run_and_nfe_formulas(tmp_path, tiny_model_dir, algorithm
         assert (tmp_path / "out0" / f).is_file()
     if algorithm == "egrpo":
         g = cfg["sampling"]["group_size"]
-        # N=4, plan (0,1),(1,2): anchor 2 calls + G*3 + G*1; training: one forward per entry
-        assert log["nfe_rollout"].iloc[0] == 2 * (2 + g * 3 + g * 1)
-        assert log["nfe_train"].iloc[0] == 2 * 2
+        # N=4, plan (0,1),(1,2), strides 1 and 2: anchor 2 calls + G*(3 + 1) + G*(2 + 1);
+        # training: one forward per entry and prompt, one optimizer step per entry
+        assert log["nfe_rollout"].iloc[0] == 2 * (2 + g * 4 + g * 3)
+        assert log["nfe_train"].iloc[0] == 2 * 2 and (log["optimizer_steps"] == 2).all()
 
 
 def test_different_seeds_differ(tmp_path, tiny_model_dir):
@@ -98,6 +99,7 @@ def test_every_algorithm_trains_with_kl_and_full_finetuning(tmp_path, tiny_model
     cfg = train_cfg(tmp_path, iterations=2, finetune=finetune, learning_rate=1e-3)
     cfg["algorithm_params"]["egrpo"]["kl_beta"] = 0.1
     cfg["algorithm_params"]["mixgrpo"].update(window_size=2, shift_interval=1)
+    cfg["algorithm_params"][algorithm]["optimizer_step"] = "per_iteration"  # KL is 0 until the first step
     m = run_train(cfg, algorithm, "color", 0, str(tiny_model_dir), plan_file(tmp_path), tmp_path / "o", tmp_path / "r")
     log = pd.read_csv(tmp_path / "o/train_log.csv")
     assert (log["nfe_rollout"] == log["nfe_rollout_expected"]).all()
@@ -133,7 +135,8 @@ def test_two_process_data_parallel(tmp_path, tiny_model_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     log = pd.read_csv(tmp_path / "o/train_log.csv")
     g = cfg["sampling"]["group_size"]
-    assert list(log["nfe_rollout"]) == [2 * (2 + g * 3 + g * 1)] * 2, "two processes, one prompt each"
+    assert list(log["nfe_rollout"]) == [2 * (2 + g * 4 + g * 3)] * 2, "two processes, one prompt each"
+    assert (log["optimizer_steps"] == 2).all() and (log["ratio_abs_dev_first"] < 1e-5).all()
     assert (log["nfe_rollout"] == log["nfe_rollout_expected"]).all()
     assert json.loads((tmp_path / "o/metrics.json").read_text())["nfe_per_prompt"] == log["nfe_rollout"].iloc[0] / 2 + 2
     mlflow.set_tracking_uri(cfg["mlflow"]["tracking_uri"])
@@ -190,25 +193,86 @@ def test_nonfinite_loss_skips_the_step(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def test_per_entry_steps_and_accumulation(tmp_path, tiny_model_dir):
-    """per_entry: one optimizer step per transition (|ratio-1| recorded before the first only);
+    """per_entry: one optimizer step per plan entry (|ratio-1| recorded before the first only);
     per_iteration: one step per iteration over the accumulated transitions."""
     clip = {}
     for mode in ("per_entry", "per_iteration"):
-        cfg = train_cfg(tmp_path, iterations=1, optimizer_step=mode)
+        cfg = train_cfg(tmp_path, iterations=1)
+        cfg["algorithm_params"]["egrpo"]["optimizer_step"] = mode
         run_train(cfg, "egrpo", "color", 0, str(tiny_model_dir), plan_file(tmp_path), tmp_path / mode, tmp_path / f"r{mode}")
         log = pd.read_csv(tmp_path / mode / "train_log.csv")
         assert log["ratio_abs_dev_first"].iloc[0] < 1e-6 and log["grad_norm_max"].iloc[0] >= log["grad_norm"].iloc[0]
+        assert log["optimizer_steps"].iloc[0] == {"per_entry": 2, "per_iteration": 1}[mode]
         clip[mode] = log["clip_fraction"].iloc[0]
     assert clip["per_iteration"] == 0.0, "one step after all transitions: every ratio is 1"
     assert clip["per_entry"] > 0.0, "the policy moved between transitions"
     a = json.loads((tmp_path / "per_entry/metrics.json").read_text())
     b = json.loads((tmp_path / "per_iteration/metrics.json").read_text())
     assert a["nfe_train_total"] == b["nfe_train_total"]
+    assert a["recipe"]["optimizer_step"] == "per_entry" and a["recipe"]["eta"] == 0.7
+
+
+@pytest.mark.parametrize("algorithm,steps", [("egrpo", 2), ("dancegrpo", 2), ("mixgrpo", 3), ("flowgrpo", 2)])
+def test_default_stepping_clips_after_the_first_step(tmp_path, tiny_model_dir, algorithm, steps):
+    """With each algorithm's own stepping (G = 8: DanceGRPO every 4 samples, MixGRPO every 3, Flow-GRPO
+    twice, E-GRPO once per plan entry), |ratio - 1| is 0 before the iteration's first optimizer step
+    and PPO clips after it."""
+    cfg = train_cfg(tmp_path, iterations=2, learning_rate=3e-2)
+    cfg["sampling"]["group_size"] = 8
+    cfg["algorithm_params"]["mixgrpo"]["shift_interval"] = 1
+    run_train(cfg, algorithm, "color", 0, str(tiny_model_dir), plan_file(tmp_path), tmp_path / "o", tmp_path / "r")
+    log = pd.read_csv(tmp_path / "o/train_log.csv")
+    assert (log["optimizer_steps"] == steps).all()
+    assert (log["ratio_abs_dev_first"] < 1e-6).all()
+    assert (log["clip_fraction_after_first_step"] > 0).all(), log["clip_fraction_after_first_step"].tolist()
+    assert (log["nfe_train"] == log["nfe_train_expected"]).all()
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_fp32_master_weights_with_bf16_compute(tmp_path, tiny_model_dir, finetune):
+    """model.dtype bfloat16: trainable weights are fp32 masters, so one AdamW step of lr 1e-5 changes
+    every weight that got a gradient (in bf16 most such updates round away: |w| ~ 0.02 has a bf16
+    spacing of ~1e-4); the forward computes in bf16 (autocast)."""
+    import torch
+
+    from egrpo.train import Trainer
+
+    cfg = train_cfg(tmp_path, iterations=1, finetune=finetune, learning_rate=1e-5)
+    cfg["model"]["dtype"] = "bfloat16"
+    cfg["algorithm_params"]["egrpo"]["optimizer_step"] = "per_iteration"
+    trainer = Trainer(cfg, "egrpo", "color", 0, str(tiny_model_dir), plan_file(tmp_path), tmp_path / "o", tmp_path / "r")
+    assert trainer.params and all(p.dtype == torch.float32 for p in trainer.params)
+    if finetune == "lora":
+        assert all(p.dtype == torch.bfloat16 for n, p in trainer.model.transformer.named_parameters() if "lora" not in n)
+    before = [p.detach().clone() for p in trainer.params]
+    grads = []
+    step = trainer.optimizer_step
+
+    def recording_step():
+        grads.extend(torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in trainer.params)
+        return step()
+
+    trainer.optimizer_step = recording_step
+    trainer.iteration(0)
+    moved = [(p.detach() != b)[g != 0] for p, b, g in zip(trainer.params, before, grads)]
+    assert sum(m.numel() for m in moved) > 0
+    assert all(bool(m.all()) for m in moved), "every weight with a gradient moved"
+    if finetune == "lora":  # LoRA's B starts at 0, where bf16 resolves any step; the masters are what matters
+        return
+    # the same update applied to bf16 weights is mostly lost to rounding
+    lost = total = 0
+    for p, b, g in zip(trainer.params, before, grads):
+        nonzero = g != 0
+        b16, d16 = b[nonzero].bfloat16(), (p.detach() - b)[nonzero].bfloat16()
+        lost += int(((b16 + d16) == b16).sum())
+        total += int(nonzero.sum())
+    assert lost > 0.5 * total, (lost, total)
 
 
 def test_score_groups_drops_a_sample_with_any_nonfinite_component():
     import torch
 
+    from egrpo.algorithms.base import AdvantageRule
     from egrpo.rewards import RewardSetting
     from egrpo.rollout import Group
     from egrpo.train import score_groups
@@ -226,13 +290,57 @@ def test_score_groups_drops_a_sample_with_any_nonfinite_component():
 
     from egrpo.io import Prompt
     group = Group(0, {"g1": torch.zeros(4, 1)}, [])
-    scored = score_groups([group], Decoder(), Setting(), [Prompt("p")], adv_clip=5.0)
+    rule = AdvantageRule(unbiased=False, combination="normalize_then_sum")
+    scored = score_groups([group], Decoder(), Setting(), [Prompt("p")], adv_clip=5.0, rule=rule)
     adv = scored.advantages[0]
     assert adv[1] == 0.0 and torch.isfinite(adv).all()
     # component a over the three valid samples (1, 3, 4) and b over (0, 1, 1)
     expected = sde_adv(torch.tensor([1.0, 3.0, 4.0])) + sde_adv(torch.tensor([0.0, 1.0, 1.0]))
     torch.testing.assert_close(adv[[0, 2, 3]], expected)
     assert scored.nonfinite == 1
+
+
+def test_reward_combination_two_rewards():
+    """a = [1, 2, 3], b = [30, 10, 20], weights 1 and 0.5. sum_then_normalize (VisualGRPO, DanceGRPO,
+    flow_grpo): norm([16, 7, 13]); normalize_then_sum (MixGRPO): norm(a) + 0.5 norm(b), sample std."""
+    import torch
+
+    from egrpo.algorithms.base import AdvantageRule
+    from egrpo.io import Prompt
+    from egrpo.rollout import Group
+    from egrpo.train import score_groups
+
+    class Decoder:
+        def decode(self, latents):
+            return latents
+
+    class Setting:
+        weights = {"a": 1.0, "b": 0.5}
+
+        def components(self, images, prompts):
+            return {"a": torch.tensor([1.0, 2.0, 3.0]), "b": torch.tensor([30.0, 10.0, 20.0])}
+
+        def combine(self, components):
+            return components["a"] + 0.5 * components["b"]
+
+    group = Group(0, {"g1": torch.zeros(3, 1)}, [])
+    combined = torch.tensor([16.0, 7.0, 13.0])
+    sum_first = score_groups([group], Decoder(), Setting(), [Prompt("p")], 5.0, AdvantageRule()).advantages[0]
+    torch.testing.assert_close(sum_first, (combined - 12.0) / (combined.std() + 1e-8))
+    norm_first = score_groups([group], Decoder(), Setting(), [Prompt("p")], 5.0,
+                              AdvantageRule(combination="normalize_then_sum")).advantages[0]
+    torch.testing.assert_close(norm_first, torch.tensor([-1.0, 0.0, 1.0]) + 0.5 * torch.tensor([1.0, -1.0, 0.0]))
+    # flow_grpo's global std: the std of all samples of the batch, population, + 1e-4
+    other = Group(1, {"g1": torch.zeros(3, 1)}, [])
+
+    class TwoGroups(Setting):
+        def components(self, images, prompts):
+            return {"a": torch.tensor([1.0, 2.0, 3.0, 11.0, 12.0, 13.0]), "b": torch.zeros(6)}
+
+    rule = AdvantageRule(unbiased=False, eps=1e-4, global_std=True)
+    adv = score_groups([group, other], Decoder(), TwoGroups(), [Prompt("p"), Prompt("q")], 5.0, rule).advantages
+    std = torch.tensor([1.0, 2.0, 3.0, 11.0, 12.0, 13.0]).std(unbiased=False)
+    torch.testing.assert_close(adv[1], torch.tensor([-1.0, 0.0, 1.0]) / (std + 1e-4))
 
 
 def sde_adv(x):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-GRID = [1.0e-3, 3.0e-3]
+GRID = [3.0e-4, 1.0e-3, 3.0e-3]
 
 
 def main() -> None:

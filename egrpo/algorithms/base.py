@@ -1,12 +1,33 @@
-"""The interface every algorithm implements."""
+"""The interface every algorithm implements, and the recipe settings every algorithm has.
+
+Each algorithm reads its block `algorithm_params.<name>`, whose schema defaults are that
+algorithm's published recipe (docs/baselines.md lists every setting, the official value and the
+source). The settings that shape training rather than the rollout live here:
+
+    optimizer_step      which (transition, member) pairs one optimizer step averages over
+    advantage           how group rewards become advantages (std, eps, global std, combination)
+    kl_beta, kl_divisor the KL to the reference policy
+    timestep_rounding   the transformer sees int(1000*sigma)/1000 (the SDE keeps the exact sigma)
+"""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from egrpo import sde
 from egrpo.rollout import Group
+
+
+@dataclass(frozen=True)
+class AdvantageRule:
+    """A = (r - mean_G r) / (std + eps) per group; see egrpo.sde.group_advantages."""
+    unbiased: bool = True            # advantage_std: sample (torch.std) / population (np.std)
+    eps: float = 1e-8                # advantage_eps
+    global_std: bool = False         # std of the whole iteration's rewards instead of the group's
+    combination: str = "sum_then_normalize"  # or normalize_then_sum
 
 
 class Algorithm:
@@ -18,11 +39,23 @@ class Algorithm:
         self.cfg = cfg
         self.num_steps = sampling["num_steps"]
         self.group_size = sampling["group_size"]
-        self.eta = sampling["eta"]
         self.sigmas = sde.sigma_schedule(self.num_steps, sampling["shift"])
-        self.params = cfg["algorithm_params"].get(self.name, {})
-        self.mean_std: Callable = sde.sde_mean_std
-        self.kl_beta = self.params.get("kl_beta", 0.0)
+        self.params = p = cfg["algorithm_params"][self.name]
+        self.eta = sampling["eta"] if p["eta"] is None else p["eta"]
+        self.mean_std: Callable = sde.dance_mean_std if p["sde"] == "dance" else sde.sde_mean_std
+        self.kl_beta = p["kl_beta"]
+        self.kl_divisor = p["kl_divisor"]
+        self.timestep_rounding = p["timestep_rounding"]
+        self.advantage = AdvantageRule(unbiased=p["advantage_std"] == "sample", eps=p["advantage_eps"],
+                                       global_std=p["global_std"], combination=p["reward_combination"])
+        self.learning_rate = cfg["train"]["learning_rate"] if p["learning_rate"] is None else p["learning_rate"]
+        self.optimizer_step = p["optimizer_step"]
+        self.samples_per_step = p["samples_per_step"]
+        self.steps_per_iteration = p["steps_per_iteration"]
+
+    def recipe(self) -> dict:
+        """The resolved settings of this run (logged to MLflow and metrics.json)."""
+        return {**self.params, "eta": self.eta, "learning_rate": self.learning_rate}
 
     def rollout(self, model, cond, prompt_index: int, generator: torch.Generator,
                 iteration: int) -> list[Group]:
@@ -33,7 +66,43 @@ class Algorithm:
         """The closed-form model calls of the rollout that produced `groups` (checked in tests)."""
         raise NotImplementedError
 
-    @staticmethod
-    def expected_train_nfe(groups: list[Group]) -> int:
-        """One forward(+backward) per stored transition, with the batch of its x_from."""
-        return sum(t.x_from.shape[0] for g in groups for t in g.transitions)
+    # ---- which pairs one optimizer step covers ---------------------------------------------------
+    def member_chunks(self) -> list[list[int]]:
+        """The members of every group that one optimizer step covers, in order.
+
+        every_n_samples: consecutive chunks of samples_per_step members (DanceGRPO steps after every
+        gradient_accumulation_steps samples); n_per_iteration: steps_per_iteration equal chunks
+        (flow_grpo: twice per epoch); per_entry / per_iteration: all members at once.
+        """
+        g = self.group_size
+        if self.optimizer_step == "every_n_samples":
+            size = self.samples_per_step
+        elif self.optimizer_step == "n_per_iteration":
+            size = math.ceil(g / min(self.steps_per_iteration, g))
+        else:
+            size = g
+        return [list(range(start, min(start + size, g))) for start in range(0, g, size)]
+
+    def update_units(self, groups: list[Group]) -> list[list[tuple[int, object]]]:
+        """The iteration's training work as optimizer steps: each unit is a list of
+        (group index, transition restricted to the unit's members). One optimizer step per unit
+        minimizes the mean PPO term over the unit's (member, transition) pairs, as the official
+        trainers do (their losses are divided by the accumulation count)."""
+        pairs = [(gi, tr) for gi, g in enumerate(groups) for tr in g.transitions]
+        if self.optimizer_step == "per_entry":  # one step per plan entry (s, s+k) or step index (i, i+1)
+            keys = sorted({(tr.i, tr.j) for _, tr in pairs})
+            return [[(gi, tr) for gi, tr in pairs if (tr.i, tr.j) == key] for key in keys]
+        units = []
+        for chunk in self.member_chunks():
+            chunk_set, unit = set(chunk), []
+            for gi, tr in pairs:
+                rows = [r for r, m in enumerate(tr.member_ids()) if m in chunk_set]
+                if rows:
+                    unit.append((gi, tr if len(rows) == len(tr.member_ids()) else tr.select(rows)))
+            if unit:
+                units.append(unit)
+        return units
+
+    def expected_train_nfe(self, groups: list[Group]) -> int:
+        """One forward(+backward) per stored transition and unit, with the batch of its x_from."""
+        return sum(tr.x_from.shape[0] for unit in self.update_units(groups) for _, tr in unit)

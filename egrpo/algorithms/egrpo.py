@@ -11,6 +11,13 @@ members share x_s, so one velocity gives all G log-probs.
 The anchor runs only as far as the last branching index s_max (s_max + 1 model calls), not to
 sigma_N: steps after s_max would be thrown away. So the rollout costs, per prompt,
     (s_max + 1) + sum_{(s,k)} sum_{g} G * ceil((N - s - k) / g).
+
+Recipe (VisualGRPO, docs/baselines.md): granular_list [1, 2] with its stride grid (`stride_grid:
+official`: one unit step, then stride g, the last point replaced by sigma 0), one optimizer step per
+plan entry (`optimizer_step: per_entry`), weighted raw rewards summed before the group
+normalization with the Bessel-corrected std. Deliberate departure: after a merged step the ODE
+continues at s + k (VisualGRPO restarts at s + 1 and re-integrates k - 1 steps; its configs only
+use k = 1).
 """
 from __future__ import annotations
 
@@ -29,8 +36,9 @@ class EGRPO(Algorithm):
         if not plan:
             raise ValueError("egrpo needs a non-empty merge plan")
         self.plan = [(int(s), int(k)) for s, k in plan]
-        self.strides = tuple(self.params.get("granular_list", [1]))
-        self.entries_per_iteration = self.params.get("entries_per_iteration")
+        self.strides = tuple(self.params["granular_list"])
+        self.official_grid = self.params["stride_grid"] == "official"
+        self.entries_per_iteration = self.params["entries_per_iteration"]
 
     def entries_for(self, generator: torch.Generator) -> list[tuple[int, int]]:
         """The plan entries trained this iteration: all, or a random subset of fixed size."""
@@ -50,8 +58,8 @@ class EGRPO(Algorithm):
             noise = model.initial_noise(self.group_size, generator)
             samples.append(sde_sample(states[s], velocities[s], self.sigmas, s, k, noise, self.eta, self.mean_std))
         # the ODE continuations of every entry and stride share model calls (one per step)
-        lanes = [(x_next, ode_grid(s + k, self.num_steps, g)) for (s, k), (x_next, _) in zip(entries, samples)
-                 for g in self.strides]
+        lanes = [(x_next, ode_grid(s + k, self.num_steps, g, self.official_grid))
+                 for (s, k), (x_next, _) in zip(entries, samples) for g in self.strides]
         finals = iter(ode_lanes(model.velocity, lanes, cond, self.sigmas, self.cfg["sampling"]["max_batch_size"]))
         groups = []
         for (s, k), (x_next, logp) in zip(entries, samples):

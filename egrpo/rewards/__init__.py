@@ -66,8 +66,8 @@ class RewardSetting:
     """A weighted set of rewards, e.g. {"prompt_color": 1.0, "jpeg_compressibility": 0.1}.
 
     `components(images, prompts)` returns {reward name: scores [B]}; `weights` maps name -> weight.
-    The combined score is sum_r w_r * score_r; training normalizes each component within its group
-    before weighting (DESIGN.md §2).
+    The combined score is sum_r w_r * score_r; training normalizes either that sum within its group
+    or each component before weighting, by the algorithm's reward_combination (docs/design.md §2).
     """
 
     def __init__(self, weights: dict[str, float], cfg: dict, cache: dict | None = None):
