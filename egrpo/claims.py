@@ -224,8 +224,8 @@ def plot_claims(curves: pd.DataFrame, profile: pd.DataFrame, merged: pd.DataFram
         for v in frac["per_seed"].values():
             ax.plot([v["egrpo_forward_equivalents"]], [v["target"]], "v", color=colors["egrpo"], ms=7)
         missing = len(frac["seeds_not_reaching_target"])
-        title = (f"E-GRPO reaches DanceGRPO's {metric} at {frac['mean']:.2f} of its forward-equivalents"
-                 f" ({frac['seeds'] - missing} of {frac['seeds']} seeds; {missing} never)"
+        title = (f"E-GRPO reaches DanceGRPO's {metric} at {frac['mean']:.2f} of its forward-equivalents\n"
+                 f"({frac['seeds'] - missing} of {frac['seeds']} seeds; {missing} never)"
                  if frac["mean"] is not None else f"E-GRPO did not reach DanceGRPO's {metric} on any seed")
         ax.set_title(title, fontsize=9)
     ax.set_xlabel("forward-equivalents (rollout + 3 x train fwd+bwd)")

@@ -11,6 +11,8 @@ import os
 import sys
 import warnings
 
+from egrpo.algorithms import ALGORITHMS  # names only: no torch
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="egrpo", description="E-GRPO experiment pipeline stages.")
@@ -46,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p = stage("train", "GRPO training of one (algorithm, reward setting, seed).")
     p.add_argument("--model", help="FluxPipeline directory (default: model.path)")
     p.add_argument("--plan", help="plan.json (algorithms that use the merge plan)")
-    p.add_argument("--algorithm", required=True)
+    p.add_argument("--algorithm", required=True, choices=sorted(ALGORITHMS), help="which algorithm to train")
     p.add_argument("--reward-setting", required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="output directory (metrics.json, train_log.csv, checkpoint/)")

@@ -12,6 +12,8 @@ steps i … i+k-1 into one transition; a trailing run that cannot reach tau stay
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -87,6 +89,8 @@ def make_plan(cfg: dict, profile: pd.DataFrame | None) -> dict:
 
 
 def run_threshold(cfg: dict, profile_csv, out_json) -> dict:
+    if profile_csv and not Path(profile_csv).is_file():
+        raise UserError(f"--profile: file not found: {profile_csv}")
     profile = pd.read_csv(profile_csv) if profile_csv else None
     with stage_run(cfg, "threshold", {"rule": cfg["threshold"]["rule"]}) as (mlflow, run):
         plan = make_plan(cfg, profile)

@@ -164,7 +164,8 @@ class Trainer:
             p.data = p.data.float()
         self.optimizer = torch.optim.AdamW(self.params, lr=self.algo.learning_rate,
                                            weight_decay=self.tcfg["weight_decay"])
-        # single process: returned as is; several (accelerate launch): DDP all-reduces the gradients
+        # single process: returned as is; several (accelerate launch): DDP (its initial broadcast); the
+        # gradients are averaged by optimizer_step, once per step, with DDP's per-backward sync off
         self.model.net, self.optimizer = self.accelerator.prepare(transformer, self.optimizer)
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         self.state = {"iteration": 0, "nfe_rollout": 0, "nfe_train": 0, "prompts_seen": 0,

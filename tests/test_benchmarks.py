@@ -44,3 +44,11 @@ def test_recipe_check_tool(tmp_path, tiny_model_dir):
     assert out.count("optimizer steps") == 4
     assert "shared initial noise: True" in out and "shared initial noise: False" in out  # dancegrpo, flowgrpo
     assert "never step 3: True" in out
+
+
+def test_bf16_ratio_benchmark_toy():
+    """The ratio check evaluates transitions unit by unit as the trainer does: fp32 ratio 1 up to float error."""
+    out = run("benchmarks/bf16_ratio.py", "--device", "cpu", "--prompts", "1", "--algorithms", "egrpo", "dancegrpo")
+    values = {line.split()[1]: float(line.split()[2]) for line in out.splitlines() if line.startswith("RESULT")}
+    assert set(values) == {f"bf16_ratio_{d}_{a}" for d in ("float32", "bfloat16") for a in ("egrpo", "dancegrpo")}
+    assert values["bf16_ratio_float32_egrpo"] < 1e-6 and values["bf16_ratio_float32_dancegrpo"] < 1e-6

@@ -57,3 +57,15 @@ def test_missing_inputs_are_one_line(tmp_path, tiny_model_dir):
     one_line_error(egrpo("evaluate", "--config", str(path), "--model", str(tiny_model_dir), "--name", "base",
                          "--out", str(tmp_path / "ev")), "prompts.eval", "no prompts")
     assert not (tmp_path / "ev" / "summary.json").exists()
+
+
+def test_unknown_algorithm_and_missing_profile_are_one_line(tmp_path):
+    cfg = micro_config(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    one_line_error(egrpo("threshold", "--config", str(path), "--profile", str(tmp_path / "missing.csv"),
+                         "--out", str(tmp_path / "p.json")), "--profile", "missing.csv")
+    result = egrpo("train", "--config", str(path), "--algorithm", "grpo", "--reward-setting", "color", "--seed", "0",
+                   "--out", str(tmp_path / "o"), "--resume-dir", str(tmp_path / "r"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "invalid choice: 'grpo'" in result.stderr and "dancegrpo" in result.stderr
