@@ -144,6 +144,8 @@ def _dispatch(args) -> None:
         from egrpo.rewards import REWARDS
         for name, spec in REWARDS.items():
             print(f"{name:24s} {spec.description}\n{'':24s} needs: {spec.needs}")
+            if spec.original:
+                print(f"{'':24s} reproduces: {spec.original} (precision {spec.precision}; docs/rewards.md)")
         return
     if args.command == "install-profile":
         _install_profile(args.name, args.force)

@@ -105,6 +105,11 @@ def validate(config: dict) -> dict:
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping, got {type(config).__name__}")
     train = config.get("train")
+    reward_models = config.get("reward_models")
+    for name, settings in (reward_models.items() if isinstance(reward_models, dict) else ()):
+        if isinstance(settings, dict) and "dtype" in settings:
+            raise ConfigError(f"reward_models.{name}.dtype: renamed to precision (float32, amp, bfloat16 or "
+                              "float16; unset = the original's, docs/rewards.md)")
     if isinstance(train, dict) and "optimizer_step" in train:
         raise ConfigError("train.optimizer_step: moved to algorithm_params.<algorithm>.optimizer_step (each "
                           "algorithm defaults to its published recipe; see docs/baselines.md)")

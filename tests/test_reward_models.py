@@ -246,3 +246,86 @@ def test_imagereward_full_layout_matches_blip_on_meta_device():
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("position_ids")}
         assert {k: tuple(v.shape) for k, v in state.items()} == expected
     assert vision_config.num_attention_heads == 16 and text_config.num_attention_heads == 12
+
+
+# --- each reward applies its original's preprocessing (rules: tests/test_reward_preprocess.py) ----
+
+def column_coded(height: int, width: int) -> torch.Tensor:
+    """Float image whose red channel encodes the column index as a uint8 value."""
+    red = torch.arange(width).float().div(255).view(1, 1, 1, width).expand(1, 1, height, width)
+    return torch.cat([red, torch.zeros(1, 2, height, width)], dim=1)
+
+
+@pytest.fixture(scope="module")
+def byte_hps(tmp_path_factory):
+    """An HPS checkpoint whose tokenizer is CLIP's byte alphabet (no merges), context 16."""
+    from test_reward_preprocess import byte_level_clip_tokenizer
+
+    root = tmp_path_factory.mktemp("byte_hps")
+    tokenizer = byte_level_clip_tokenizer(16)
+    tokenizer.save_pretrained(root / "tokenizer")
+    g = torch.Generator().manual_seed(5)
+    state = {k: torch.randn(s, generator=g) * 0.1 for k, s in openclip_layout(vocab=len(tokenizer), context=16).items()}
+    torch.save({"state_dict": state}, root / "HPS_tiny.pt")
+    return {"path": str(root / "HPS_tiny.pt"), "processor": str(root / "tokenizer"),
+            "arch": {"vision_heads": 2, "text_heads": 2}}
+
+
+def test_hps_letterboxes_and_clip_from_openclip_crops(byte_hps):
+    from test_reward_preprocess import black
+
+    hps = build_reward("hps", {"reward_models": {"hps": byte_hps}})
+    clip = build_reward("clip", {"reward_models": {"clip": byte_hps}})
+    images = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(1))
+    boxed = hps.pixel_values(images)          # size 32: s = 32/56, H' = round(22.86) = 23, top (32-23)//2 = 4
+    assert boxed.shape == (1, 3, 32, 32)
+    for rows in (boxed[0, :, :4, :], boxed[0, :, 27:, :]):
+        torch.testing.assert_close(rows, black().view(3, 1, 1).expand_as(rows))
+    assert (boxed[0, :, 4:27, :] != black().view(3, 1, 1)).any(dim=0).all()
+    cropped = clip.pixel_values(column_coded(32, 59))   # short side 32 already: crop at round(13.5) = 14 (floor: 13)
+    red = cropped[0, 0, 0] * OPENAI_STD_RED + OPENAI_MEAN_RED
+    assert [round(v) for v in (red * 255).tolist()] == list(range(14, 46))
+
+
+OPENAI_MEAN_RED, OPENAI_STD_RED = 0.48145466, 0.26862954
+
+
+def test_hps_cleans_and_truncates_prompts_like_open_clip(byte_hps):
+    hps = build_reward("hps", {"reward_models": {"hps": byte_hps}})
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    dirty = hps(images, ["“Red” &amp; ﬁne", "ＲＥＤ   sky"])
+    clean = hps(images, ['"red" & fine', "red sky"])
+    torch.testing.assert_close(dirty, clean, atol=0, rtol=0)
+    assert not torch.allclose(hps(images, ["red sky", "red sky"]), hps(images, ["blue sea", "blue sea"]))
+    # context 16: [sot] + the first 14 byte tokens + [eot]; what follows them does not count
+    same = images[:1].expand(2, -1, -1, -1)
+    long = hps(same, ["abcdefghijklmnop and more words", "abcdefghijklmnopqrs"])
+    torch.testing.assert_close(long[0], long[1], atol=0, rtol=0)
+    assert not torch.allclose(long, hps(same, ["abcdefghijklmn", "abcdefghijklmn"]))  # "n</w>" is another token
+
+
+def test_imagereward_resizes_the_short_side_and_crops_the_centre(tiny_imagereward):
+    root, _ = tiny_imagereward
+    reward = build_reward("imagereward", {"reward_models": {"imagereward": {
+        "path": str(root / "ImageReward.pt"), "processor": str(root / "tokenizer"),
+        "arch": {"vision_heads": 2, "text_heads": 2}}}})
+    pixels = reward.pixel_values(column_coded(32, 59))   # size 32: crop at round(13.5) = 14, where floor gives 13
+    red = pixels[0, 0, 0] * OPENAI_STD_RED + OPENAI_MEAN_RED
+    assert [round(v) for v in (red * 255).tolist()] == list(range(14, 46))
+    half = reward.pixel_values(torch.full((1, 3, 64, 80), 0.5))   # 0.5 -> uint8 128 -> 128/255
+    torch.testing.assert_close(half[0, 0], torch.full((32, 32), (128 / 255 - OPENAI_MEAN_RED) / OPENAI_STD_RED))
+
+
+def test_reward_precision_defaults_to_the_original(byte_hps, tiny_clip_dir):
+    from egrpo.config import ConfigError, validate
+    from egrpo.rewards import reward_precision
+
+    assert reward_precision("hps", {}) == "amp"           # hpsv2: fp32 weights under float16 autocast on CUDA
+    assert {reward_precision(n, {}) for n in ("imagereward", "pickscore", "clip", "tinyclip")} == {"float32"}
+    assert reward_precision("pickscore", {"precision": "bfloat16"}) == "bfloat16"
+    hps = build_reward("hps", {"reward_models": {"hps": byte_hps}})
+    assert hps.model.dtype == torch.float32 and hps.precision == "amp"   # on CPU amp runs fp32, as hpsv2 does there
+    pick = build_reward("pickscore", {"reward_models": {"pickscore": {"path": str(tiny_clip_dir), "precision": "bfloat16"}}})
+    assert pick.model.dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="reward_models.hps.dtype: renamed to precision"):
+        validate({"reward_models": {"hps": {"path": "x", "dtype": "float32"}}})

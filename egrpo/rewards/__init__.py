@@ -19,6 +19,17 @@ class RewardSpec:
     target: str          # "module:factory"; factory(cfg) -> callable(images, prompts) -> scores
     description: str
     needs: str = "nothing (offline, no weights)"
+    original: str = ""   # the package whose scores this reproduces, and its preprocessing (docs/rewards.md)
+    precision: str = "float32"  # the original's precision: float32, or amp (fp32 weights, fp16 autocast on CUDA)
+
+
+# reward_models.<name>.precision: how a model-based reward runs (default: its original's, RewardSpec.precision)
+PRECISIONS = {
+    "float32": "fp32 weights and compute",
+    "amp": "fp32 weights, float16 autocast on CUDA (hpsv2's `precision='amp'` + `torch.cuda.amp.autocast`; fp32 on CPU, as there)",
+    "bfloat16": "bf16 weights and compute (a deviation from every original: faster, scores move)",
+    "float16": "fp16 weights and compute (a deviation from every original)",
+}
 
 
 REWARDS: dict[str, RewardSpec] = {
@@ -34,24 +45,38 @@ REWARDS: dict[str, RewardSpec] = {
     "tinyclip": RewardSpec(
         "egrpo.rewards.clip:tinyclip",
         "tiny world learned reward: cosine of a tiny CLIPModel trained contrastively by `egrpo pretrain`",
-        "reward_models.tinyclip.path (the shipped models/tinyclip, or a pretrain output)"),
+        "reward_models.tinyclip.path (the shipped models/tinyclip, or a pretrain output)",
+        "egrpo pretrain's own model: transformers CLIPProcessor, as it was trained"),
     "hps": RewardSpec(
         "egrpo.rewards.openclip:hps",
         "HPS v2.1: cosine of image and prompt embeddings of the HPS OpenCLIP ViT-H-14 (mapped into CLIPModel)",
-        "reward_models.hps.path (HPS_v2.1_compressed.pt) and .processor (a CLIP BPE tokenizer directory)"),
+        "reward_models.hps.path (HPS_v2.1_compressed.pt) and .processor (a CLIP BPE tokenizer directory)",
+        "hpsv2 1.2.0 (HPS v2.1): letterbox to 224 without clamp, open_clip text cleaning", "amp"),
     "imagereward": RewardSpec(
         "egrpo.rewards.imagereward:imagereward",
         "ImageReward: BLIP image-text encoder + MLP head (original checkpoint mapped into transformers' BLIP)",
-        "reward_models.imagereward.path (ImageReward.pt) and .processor (a bert-base-uncased tokenizer directory)"),
+        "reward_models.imagereward.path (ImageReward.pt) and .processor (a bert-base-uncased tokenizer directory)",
+        "image-reward 1.5: PIL bicubic short side to 224 on uint8, centre crop at round(), BERT tokens (max 35)"),
     "clip": RewardSpec(
         "egrpo.rewards.clip:clip_score",
         "CLIP score: cosine of image and prompt embeddings (transformers CLIPModel, e.g. ViT-H-14)",
-        "reward_models.clip.path: a CLIPModel directory or cached Hub id"),
+        "reward_models.clip.path: a CLIPModel directory or cached Hub id, or an OpenCLIP checkpoint file",
+        "open_clip (VisualGRPO's clip_score): PIL bicubic short side to 224, centre crop, open_clip text cleaning"),
     "pickscore": RewardSpec(
         "egrpo.rewards.clip:pickscore",
         "PickScore: logit_scale * cosine of the PickScore_v1 CLIPModel",
-        "reward_models.pickscore.path (PickScore_v1) and .processor (CLIP-ViT-H-14 processor)"),
+        "reward_models.pickscore.path (PickScore_v1) and .processor (CLIP-ViT-H-14 processor)",
+        "PickScore's published scoring code: transformers CLIPProcessor as is, fp32"),
 }
+
+
+def reward_precision(name: str, settings: dict) -> str:
+    """reward_models.<name>.precision, or the original's when unset."""
+    precision = settings.get("precision") or REWARDS[name].precision
+    if precision not in PRECISIONS:
+        from egrpo.errors import ConfigError
+        raise ConfigError(f"reward_models.{name}.precision: {precision!r}; expected one of {sorted(PRECISIONS)}")
+    return precision
 
 
 def build_reward(name: str, cfg: dict) -> Callable:

@@ -126,7 +126,7 @@ def load_imagereward(path: str | Path, arch: str | dict = "ImageReward-v1.0"):
 
 class ImageRewardScorer:
     def __init__(self, path: str, tokenizer_path: str | None, arch: str | dict = "ImageReward-v1.0",
-                 dtype: str = "float32"):
+                 precision: str = "float32"):
         from transformers import BertTokenizer
 
         self.vision, self.text, self.mlp = load_imagereward(path, arch)
@@ -139,16 +139,28 @@ class ImageRewardScorer:
         # BLIP's tokenizer: bert-base-uncased plus [DEC] and [ENC] (vocabulary 30524)
         self.tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = getattr(torch, dtype)
+        from egrpo.rewards.clip import WEIGHTS_DTYPE
+
+        self.precision, self.dtype = precision, WEIGHTS_DTYPE[precision]
         for module in (self.vision, self.text, self.mlp):
             module.to(self.device, self.dtype)
         self.size = self.vision.config.image_size
 
+    def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
+        """ImageReward's `_transform` on the uint8 image: PIL bicubic short side, centre crop, normalize."""
+        from egrpo.rewards import preprocess
+
+        return preprocess.normalize(preprocess.short_side_center_crop(preprocess.to_uint8(images), self.size))
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        from egrpo.rewards.openclip import openclip_preprocess  # same resize/crop/normalization
+        from egrpo.rewards.clip import compute_context
 
-        pixels = openclip_preprocess(images.cpu(), self.size).to(self.device, self.dtype)
+        with compute_context(self.precision, self.device):
+            return self._score(images, prompts)
+
+    def _score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        pixels = self.pixel_values(images).to(self.device, self.dtype)
         image_embeds = self.vision(pixel_values=pixels).last_hidden_state
         tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=35,
                                 return_tensors="pt").to(self.device)
@@ -162,5 +174,8 @@ class ImageRewardScorer:
 def imagereward(cfg: dict):
     from egrpo.rewards.clip import _settings
 
+    from egrpo.rewards import reward_precision
+
     s = _settings(cfg, "imagereward")
-    return ImageRewardScorer(s["path"], s.get("processor"), s.get("arch") or "ImageReward-v1.0", s.get("dtype", "float32"))
+    return ImageRewardScorer(s["path"], s.get("processor"), s.get("arch") or "ImageReward-v1.0",
+                             reward_precision("imagereward", s))

@@ -10,8 +10,9 @@ and `visual.` tower share the residual block layout):
     visual.{class_embedding, positional_embedding, conv1.weight, ln_pre, ln_post, proj [width, embed]}
     visual.transformer.resblocks.<i>.*, logit_scale
 
-Images are preprocessed as OpenCLIP does: bicubic resize of the short side to 224, centre crop,
-normalization with OpenAI's CLIP mean and std.
+Images and prompts are preprocessed as the original packages do (egrpo/rewards/preprocess.py):
+HPS letterboxes (hpsv2), the OpenCLIP CLIP score resizes the short side and centre-crops
+(open_clip); both clean and tokenize prompts as open_clip does.
 """
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ import torch
 
 from egrpo.errors import UserError
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 # attention heads are the one thing the weights do not tell; ViT-H-14: 16 and 16
 ARCHS = {"ViT-H-14": {"vision_heads": 16, "text_heads": 16}}
 _BLOCK = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
@@ -149,28 +148,20 @@ def load_openclip_as_clipmodel(path: str | Path, arch: str | dict = "ViT-H-14", 
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def openclip_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
-    """[B, 3, H, W] in [0, 1] -> OpenCLIP's input: bicubic resize (short side), centre crop, normalize."""
-    import torch.nn.functional as F
-
-    h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    resized = F.interpolate(images.float(), size=(max(size, round(h * scale)), max(size, round(w * scale))),
-                            mode="bicubic", align_corners=False, antialias=True)
-    top, left = (resized.shape[-2] - size) // 2, (resized.shape[-1] - size) // 2
-    cropped = resized[..., top:top + size, left:left + size].clamp(0, 1)
-    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
-    return (cropped - mean) / std
-
-
 class OpenCLIPScorer:
-    """cosine(image, text) of an OpenCLIP model loaded into CLIPModel (HPS v2.1's score)."""
+    """cosine(image, text) of an OpenCLIP model loaded into CLIPModel, with open_clip's text rules.
 
-    def __init__(self, path: str, tokenizer_path: str | None, arch: str | dict = "ViT-H-14", dtype: str = "float32"):
+    letterbox=True: HPS v2.1's image rule (hpsv2's ResizeMaxSize); False: open_clip's usual
+    short-side resize and centre crop (the CLIP score). Both in egrpo/rewards/preprocess.py.
+    """
+
+    def __init__(self, path: str, tokenizer_path: str | None, arch: str | dict = "ViT-H-14",
+                 precision: str = "float32", letterbox: bool = True):
         from transformers import CLIPTokenizer
 
-        self.model = load_openclip_as_clipmodel(path, arch, getattr(torch, dtype))
+        from egrpo.rewards.clip import WEIGHTS_DTYPE
+
+        self.model = load_openclip_as_clipmodel(path, arch, WEIGHTS_DTYPE[precision])
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         if not tokenizer_path:
@@ -182,14 +173,25 @@ class OpenCLIPScorer:
             raise UserError(f"cannot load the CLIP tokenizer from {tokenizer_path}: {str(e).splitlines()[0]}") from None
         self.size = self.model.config.vision_config.image_size
         self.context = self.model.config.text_config.max_position_embeddings
+        self.precision, self.letterbox = precision, letterbox
+
+    def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
+        from egrpo.rewards import preprocess
+
+        pixels = preprocess.to_uint8(images)
+        resized = (preprocess.letterbox if self.letterbox else preprocess.short_side_center_crop)(pixels, self.size)
+        return preprocess.normalize(resized)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        pixels = openclip_preprocess(images.cpu(), self.size).to(self.device, self.model.dtype)
-        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.context,
-                                return_tensors="pt").to(self.device)
-        image = self.model.get_image_features(pixel_values=pixels)
-        text = self.model.get_text_features(input_ids=tokens["input_ids"])
+        from egrpo.rewards.clip import compute_context
+        from egrpo.rewards.preprocess import openclip_tokenize
+
+        pixels = self.pixel_values(images).to(self.device, self.model.dtype)
+        tokens = openclip_tokenize(self.tokenizer, list(prompts), self.context).to(self.device)
+        with compute_context(self.precision, self.device):
+            image = self.model.get_image_features(pixel_values=pixels)
+            text = self.model.get_text_features(input_ids=tokens)
         image = getattr(image, "pooler_output", image)
         text = getattr(text, "pooler_output", text)
         return torch.nn.functional.cosine_similarity(image.float(), text.float(), dim=-1).cpu()
@@ -199,5 +201,8 @@ def hps(cfg: dict):
     """HPS v2.1: the HPS checkpoint (HPS_v2.1_compressed.pt, OpenCLIP ViT-H-14) as a cosine score."""
     from egrpo.rewards.clip import _settings
 
+    from egrpo.rewards import reward_precision
+
     s = _settings(cfg, "hps")
-    return OpenCLIPScorer(s["path"], s.get("processor"), s.get("arch") or "ViT-H-14", s.get("dtype", "float32"))
+    return OpenCLIPScorer(s["path"], s.get("processor"), s.get("arch") or "ViT-H-14", reward_precision("hps", s),
+                          letterbox=True)
