@@ -186,6 +186,16 @@ def _check_semantics(cfg: dict) -> None:
             raise ConfigError("model.tiny.head_dim: must be a multiple of 4 (rotary axes)")
 
 
+def check_overrides(overrides: dict) -> None:
+    """`snakemake --config key=value` values: Snakemake deep-merges a mapping into the config file's,
+    so an empty one (e.g. `reward_settings={}`) silently changes nothing. Refuse it in one line."""
+    for key, value in (overrides or {}).items():
+        if hasattr(value, "keys") and len(value) == 0:
+            raise ConfigError(f"--config {key}={{}}: an empty mapping on the command line changes nothing (Snakemake "
+                              f"merges it into the config file's {key}); edit the config file or give the entries, "
+                              f"e.g. --config '{key}={{name: {{...}}}}'")
+
+
 def load(path: str | os.PathLike) -> dict:
     """Read a YAML config file and validate it; errors name the file and the key."""
     path = Path(path)

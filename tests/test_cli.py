@@ -69,3 +69,38 @@ def test_unknown_algorithm_and_missing_profile_are_one_line(tmp_path):
                    "--out", str(tmp_path / "o"), "--resume-dir", str(tmp_path / "r"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "invalid choice: 'grpo'" in result.stderr and "dancegrpo" in result.stderr
+
+
+def test_mlflow_runs_are_quiet_where_git_is_missing(tmp_path):
+    """A job in a git checkout on a machine without the git executable: MLflow's git lookups stay
+    silent once egrpo has quieted the libraries (without that, GitPython prints a screenful)."""
+    import os
+    import shutil
+
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    bindir = tmp_path / "bin"                   # PATH with python and nothing else: no git
+    bindir.mkdir()
+    (bindir / "python").symlink_to(sys.executable)
+    probe = repo / "job.py"
+    probe.write_text(
+        "import sys\n"
+        "if sys.argv[1] == 'egrpo':\n"
+        "    from egrpo.cli import _quiet_libraries\n"
+        "    _quiet_libraries()\n"
+        "from egrpo.tracking import stage_run\n"
+        f"cfg = {{'experiment': 'probe', 'mlflow': {{'tracking_uri': 'sqlite:///{tmp_path}/mlflow.db'}}}}\n"
+        "with stage_run(cfg, 'probe'):\n"
+        "    pass\n")
+    env = {k: v for k, v in os.environ.items() if k != "GIT_PYTHON_REFRESH"}
+    env["PATH"] = str(bindir)
+    assert shutil.which("git", path=env["PATH"]) is None
+
+    def run(mode):
+        return subprocess.run([str(bindir / "python"), str(probe), mode], cwd=repo, env=env, capture_output=True, text=True)
+
+    quiet = run("egrpo")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "git" not in quiet.stderr.lower(), quiet.stderr[-2000:]
+    assert "git" in run("bare").stderr.lower()   # the noise this guards against

@@ -94,3 +94,11 @@ def test_load_reports_file(tmp_path):
     bad.write_text("experiment: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(bad)
+
+
+def test_empty_mapping_on_the_command_line_is_refused():
+    from egrpo.config import check_overrides
+
+    with pytest.raises(ConfigError, match=r"--config reward_settings=\{\}: an empty mapping"):
+        check_overrides({"reward_settings": {}})
+    check_overrides({"seeds": [0], "sampling": {"group_size": 4}, "experiment": "x"})   # real overrides pass

@@ -129,6 +129,10 @@ def test_bad_config_override_is_one_line(workflow):
     errors = [l for l in bad.stderr.splitlines() if "config error" in l]
     assert errors == ["egrpo: config error: sampling.group_size: 1 is less than the minimum of 2"]
     assert "Traceback" not in bad.stderr
+    empty = snakemake(workflow, "-n", "--config", "reward_settings={}")   # would silently keep the file's settings
+    assert empty.returncode != 0
+    errors = [l for l in empty.stderr.splitlines() if "config error" in l]
+    assert len(errors) == 1 and errors[0].startswith("egrpo: config error: --config reward_settings={}: an empty mapping")
 
 
 def test_claims_dag_pretrains_then_writes_claims(tmp_path):

@@ -59,16 +59,32 @@ def test_snakemake_retry_resumes_into_same_result_as_unbroken(tmp_path):
         assert {k: v for k, v in a.items() if k not in volatile} == {k: v for k, v in b.items() if k not in volatile}
 
 
+def wait_for(condition, what: str, timeout: float = 600) -> None:
+    """Poll a condition (a file, a process state) with a generous limit; fail saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.2)
+
+
 def test_ctrl_c_then_continue(tmp_path):
+    """Ctrl-C while a training job runs, then the same command again: it finishes without redoing
+    the finished jobs. Driven by conditions, not sleeps: the signal goes once a train job has
+    started (its log exists), when the report cannot be done yet on any machine speed; the child
+    gets SIGINT's default action back even when the suite runs with SIGINT ignored (nohup, &)."""
     work = copy_workflow(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "tests/data/micro.yaml"],
-                            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    plan = work / RES / "plan/plan.json"
-    deadline = time.time() + 120
-    while not plan.exists() and time.time() < deadline:
-        time.sleep(0.2)
+                            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    train_logs = work / RES / "logs/train"
+    wait_for(lambda: train_logs.is_dir() and any(train_logs.rglob("*.log")) or proc.poll() is not None,
+             "a train job to start")
+    assert proc.poll() is None, "the workflow ended before a train job started:\n" + proc.stdout.read()[-3000:]
+    assert not (work / RES / "report/table.csv").exists()
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, output[-3000:]
     assert not (work / RES / "report/table.csv").exists()
     again = snakemake(work)
     assert again.returncode == 0, again.stderr[-3000:]

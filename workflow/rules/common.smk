@@ -4,7 +4,7 @@
 import os
 import sys
 
-from egrpo.config import ALGORITHMS_USING_PLAN, coerce_strings, config_hash, reward_names, write_resolved
+from egrpo.config import ALGORITHMS_USING_PLAN, check_overrides, coerce_strings, config_hash, reward_names, write_resolved
 from egrpo.config import validate as egrpo_validate
 from egrpo.errors import ConfigError
 
@@ -15,6 +15,7 @@ if config.get("model", {}).get("source") == "pretrain":
         "tinyclip", {"path": f"results/{config.get('experiment')}/pretrain/tinyclip"})
 
 try:
+    check_overrides(dict(workflow.config_settings.config))
     coerce_strings(config)
     egrpo_validate(config)
 except ConfigError as error:
