@@ -34,4 +34,19 @@ rule all:
 
 
 onstart:
+    # Every file the DAG reads must be there before any job starts (a dry run only warns, below).
+    if INPUT_PROBLEMS:
+        sys.exit("egrpo: missing inputs: " + "; ".join(INPUT_PROBLEMS))
+    # On SLURM: every job must fit some node of its partition, checked before anything is submitted
+    # (egrpo/slurm.py); a request no node can ever give would otherwise pend forever.
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
+        from egrpo.slurm import message, preflight
+
+        try:
+            problems = preflight(workflow.dag.needrun_jobs())
+        except (OSError, RuntimeError, ValueError) as error:
+            problems = []
+            print(f"egrpo: slurm preflight skipped: cannot read the partitions ({error})", file=sys.stderr)
+        if problems:
+            sys.exit(message(problems))
     shell("egrpo mlflow-init --config {CONFIG_FILE:q}")

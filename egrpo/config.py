@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from egrpo.errors import ConfigError
+from egrpo.errors import ConfigError, UserError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -113,7 +113,13 @@ def validate(config: dict) -> dict:
     if isinstance(train, dict) and "optimizer_step" in train:
         raise ConfigError("train.optimizer_step: moved to algorithm_params.<algorithm>.optimizer_step (each "
                           "algorithm defaults to its published recipe; see docs/baselines.md)")
-    validator = _Validator(_load_schema())
+    schema = _load_schema()
+    resources = config.get("resources")
+    if isinstance(resources, dict):   # a rule's own entries on top of its defaults, not instead of them
+        for rule, spec in schema["properties"]["resources"]["properties"].items():
+            if isinstance(resources.get(rule), dict):
+                resources[rule] = {**spec["default"], **resources[rule]}
+    validator = _Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
         best = jsonschema.exceptions.best_match(errors)
@@ -245,6 +251,47 @@ def reward_names(cfg: dict) -> list[str]:
     if heldout_enabled(cfg):
         names += [r for r in cfg["train"]["heldout"]["metrics"] if r not in names]
     return names
+
+
+def _missing(key: str, path: str, what: str) -> str | None:
+    """None if `path` is a local file/directory or a Hub id already in the Hugging Face cache."""
+    if Path(path).exists():
+        return None
+    hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    if hub_id:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        snapshots = Path(HF_HUB_CACHE) / f"models--{path.replace('/', '--')}" / "snapshots"
+        if snapshots.is_dir() and any(snapshots.iterdir()):
+            return None
+        return (f"{key}: {path} is neither a local path nor in the Hugging Face cache ({HF_HUB_CACHE}); nothing is "
+                f"downloaded at run time: fetch {what} once (e.g. `hf download {path}`) or set {key} to a local copy")
+    return f"{key}: {path} does not exist; set {key} to {what}"
+
+
+def input_problems(cfg: dict) -> list[str]:
+    """Every file the DAG will read that is not there (model, reward weights and tokenizers, prompt
+    files), one line each; the Snakefile stops on them before any job starts (onstart)."""
+    from egrpo.io import load_prompts
+    from egrpo.rewards import REWARDS
+
+    problems = []
+    if cfg["model"]["source"] == "pretrained":
+        problems.append(_missing("model.path", cfg["model"]["path"], "the FLUX pipeline directory"))
+    for name in reward_names(cfg):
+        settings = cfg["reward_models"].get(name)
+        produced = f"results/{cfg['experiment']}/"   # written by a rule of this DAG (pretrain)
+        if settings is None or "path" not in REWARDS[name].needs or settings["path"].startswith(produced):
+            continue
+        problems.append(_missing(f"reward_models.{name}.path", settings["path"], f"the {name} weights"))
+        if settings.get("processor"):
+            problems.append(_missing(f"reward_models.{name}.processor", settings["processor"], f"the {name} tokenizer"))
+    for key in ("train", "eval"):
+        try:
+            load_prompts(cfg["prompts"][key], f"prompts.{key}")
+        except UserError as error:
+            problems.append(str(error))
+    return [p for p in problems if p]
 
 
 def profile_reward_setting(cfg: dict) -> str:

@@ -102,3 +102,29 @@ def test_empty_mapping_on_the_command_line_is_refused():
     with pytest.raises(ConfigError, match=r"--config reward_settings=\{\}: an empty mapping"):
         check_overrides({"reward_settings": {}})
     check_overrides({"seeds": [0], "sampling": {"group_size": 4}, "experiment": "x"})   # real overrides pass
+
+
+def test_input_problems_name_every_missing_file(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from egrpo.config import input_problems
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert input_problems(validate(micro_config(tmp_path))) == []
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n")
+    cfg = validate(micro_config(tmp_path, model={"source": "pretrained", "path": str(tmp_path / "nope")},
+                                reward_settings={"h": {"hps": 1.0}},
+                                reward_models={"hps": {"path": "/path/to/HPS_v2.1_compressed.pt",
+                                                       "processor": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}},
+                                prompts={"eval": str(empty)}))
+    problems = input_problems(cfg)
+    assert problems[0] == f"model.path: {tmp_path / 'nope'} does not exist; set model.path to the FLUX pipeline directory"
+    assert problems[1].startswith("reward_models.hps.path: /path/to/HPS_v2.1_compressed.pt does not exist")
+    assert problems[2].startswith("reward_models.hps.processor: laion/CLIP-ViT-H-14-laion2B-s32B-b79K is neither a "
+                                  "local path nor in the Hugging Face cache")
+    assert problems[3] == f"prompts.eval: {empty} holds no prompts"
+    assert len(problems) == 4
+    # a Hub id already in the cache is there
+    (tmp_path / "hub/models--laion--CLIP-ViT-H-14-laion2B-s32B-b79K/snapshots/abc").mkdir(parents=True)
+    assert not any(p.startswith("reward_models.hps.processor") for p in input_problems(cfg))

@@ -133,6 +133,39 @@ def test_bad_config_override_is_one_line(workflow):
     assert empty.returncode != 0
     errors = [l for l in empty.stderr.splitlines() if "config error" in l]
     assert len(errors) == 1 and errors[0].startswith("egrpo: config error: --config reward_settings={}: an empty mapping")
+    # a missing input stops a real run in onstart, before any job; a dry run resolves and says so
+    missing = ["--config", 'model={"source": "pretrained", "path": "/nowhere/FLUX.1-dev"}']
+    dry = snakemake(workflow, "-n", *missing)
+    assert dry.returncode == 0 and "egrpo: a run would stop here: model.path: /nowhere/FLUX.1-dev does not exist" in dry.stderr
+    run = snakemake(workflow, *missing)
+    assert run.returncode != 0
+    lines = [l for l in run.stderr.splitlines() if l.startswith("egrpo: missing inputs:")]
+    assert lines == ["egrpo: missing inputs: model.path: /nowhere/FLUX.1-dev does not exist; set model.path to the "
+                     "FLUX pipeline directory"], run.stderr[-2000:]
+    assert "rule build_model" not in run.stderr and "rule profile" not in run.stderr   # no job started
+
+
+def job_resources(output: str) -> dict:
+    """rule name -> its resources line of a dry run (the first job of each rule)."""
+    found, rule = {}, None
+    for line in output.splitlines():
+        if line.startswith("rule ") or line.startswith("localrule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule and rule not in found:
+            found[rule] = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", ") if "=" in item)
+    return found
+
+
+def test_set_resources_on_the_command_line_keeps_the_rest(workflow):
+    """Job sizes live in the config's `resources:`; --set-resources changes one value of one rule
+    and keeps every other value, also under the SLURM profile (whose own block it would replace)."""
+    plain = job_resources(snakemake(workflow, "-n", "--forceall", "--profile", "profiles/slurm").stdout)
+    assert plain["train"]["mem_mb"] == "4000" and plain["train"]["gpu"] == "0" and plain["train"]["runtime"] == "240"
+    assert plain["profile"]["slurm_partition"] == "debug"                     # the profile's side
+    dry = snakemake(workflow, "-n", "--forceall", "--profile", "profiles/slurm", "--set-resources", "train:gpu=4")
+    changed = job_resources(dry.stdout)
+    assert changed["train"] == {**plain["train"], "gpu": "4"}
+    assert changed["profile"] == plain["profile"] and changed["evaluate"] == plain["evaluate"]
 
 
 def test_claims_dag_pretrains_then_writes_claims(tmp_path):

@@ -15,24 +15,6 @@ from conftest import ROOT, copy_workflow
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def small_resources() -> list[str]:
-    """The profile's per-rule resources, memory and CPUs scaled down to this 2-core, 24 GB node.
-
-    Command-line --set-resources replaces the profile's whole set-resources, so every entry of
-    the profile is carried over; the GPU counts stay as the profile sets them.
-    """
-    import yaml
-
-    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
-    args = ["--set-resources"]
-    for rule, resources in profile["set-resources"].items():
-        for key, value in resources.items():
-            value = {"mem_mb": min(value, 1500), "cpus_per_task": 1}.get(key, value)
-            args.append(f"{rule}:{key}={value}")
-    defaults = dict(profile["default-resources"], mem_mb=1000, cpus_per_task=1)
-    return args + ["--default-resources", *(f"{k}={v}" for k, v in defaults.items())]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
@@ -45,10 +27,33 @@ def cluster(tmp_path_factory):
     subprocess.run(["bash", str(ROOT / "tools/slurm_local.sh"), "down"], env=env, capture_output=True, timeout=120)
 
 
-def run_on_slurm(work, *extra, env=None):
+GPU_STAGES = ["profile:gpu=1", "train:gpu=1", "evaluate:gpu=1"]
+
+
+def run_on_slurm(work, *extra, env=None, set_resources=GPU_STAGES):
+    """The README's path: profiles/slurm as shipped. The micro config's jobs fit this small node;
+    --set-resources gives the GPU stages a (fake) GPU on top of the config's resources."""
     return subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm",
-                           "--configfile", "tests/data/micro.yaml", *small_resources(), *extra],
+                           "--configfile", "tests/data/micro.yaml", "--set-resources", *set_resources, *extra],
                           cwd=work, capture_output=True, text=True, timeout=900, env=env)
+
+
+def test_preflight_stops_a_job_no_node_can_run_before_submitting(cluster, tmp_path):
+    from egrpo.slurm import read_nodes
+
+    work = copy_workflow(tmp_path)
+    node = max(read_nodes(), key=lambda n: n.mem_mb)
+    too_much = node.mem_mb + 1000
+    result = run_on_slurm(work, set_resources=GPU_STAGES + [f"train:mem_mb={too_much}"])
+    assert result.returncode != 0
+    lines = [l for l in result.stderr.splitlines() if l.startswith("egrpo: slurm preflight")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert f"rule train: mem_mb={too_much} > {node.mem_mb}" in lines[0] and "'debug'" in lines[0]
+    assert "rule evaluate" not in lines[0] and "rule profile" not in lines[0]   # those fit
+    # nothing was submitted: slurmctld's job log has no job from this working directory
+    log = cluster / "log/jobcomp.txt"
+    assert str(work) not in (log.read_text() if log.exists() else "")
+    assert not (work / "results/micro/model").exists()
 
 
 def test_tiny_dag_through_the_slurm_profile(cluster, tmp_path):

@@ -2,9 +2,11 @@
 # once as a resolved, content-addressed YAML that every `egrpo` call reads, and hashed per stage
 # so that a config change reruns exactly the stages it affects (Snakemake's params trigger).
 import os
+import re
 import sys
 
-from egrpo.config import ALGORITHMS_USING_PLAN, check_overrides, coerce_strings, config_hash, reward_names, write_resolved
+from egrpo.config import ALGORITHMS_USING_PLAN, check_overrides, coerce_strings, config_hash, input_problems
+from egrpo.config import reward_names, write_resolved
 from egrpo.config import validate as egrpo_validate
 from egrpo.errors import ConfigError
 
@@ -21,6 +23,15 @@ try:
 except ConfigError as error:
     sys.exit(f"egrpo: config error: {error}")
 validate(config, "../schemas/config.schema.yaml")
+
+# Files the DAG reads (model, reward weights, tokenizers, prompts): a run stops on any that is
+# missing in `onstart`, before a job waits for a GPU; a dry run (-n) resolves without them and says so.
+INPUT_PROBLEMS = input_problems(config)
+# (the executor, and with it workflow.dryrun, is not known while the Snakefile is parsed)
+DRY_RUN = any(a in ("--dry-run", "--dryrun") or (re.fullmatch(r"-[A-Za-z]+", a) and "n" in a) for a in sys.argv[1:])
+if INPUT_PROBLEMS and DRY_RUN:
+    for problem in INPUT_PROBLEMS:
+        print(f"egrpo: a run would stop here: {problem}", file=sys.stderr)
 
 EXP = config["experiment"]
 RESULTS = f"results/{EXP}"

@@ -17,9 +17,7 @@ rule evaluate:
         f"{BENCH}/evaluate/{{name}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=0,
+        **config["resources"]["evaluate"],
     shell:
         "OMP_NUM_THREADS={threads} egrpo evaluate --config {CONFIG_FILE:q} --model {params.model:q}"
         " {params.checkpoint} --name {wildcards.name} --out {params.out:q} 2> {log:q}"

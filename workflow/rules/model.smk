@@ -13,8 +13,7 @@ rule build_model:
         f"{BENCH}/build_model.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **config["resources"]["build_model"],
     shell:
         "OMP_NUM_THREADS={threads} egrpo build-model --config {CONFIG_FILE:q} --out {output:q} 2> {log:q}"
 
@@ -35,7 +34,6 @@ rule pretrain:
         f"{BENCH}/pretrain.tsv"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=120,
+        **config["resources"]["pretrain"],
     shell:
         "OMP_NUM_THREADS={threads} egrpo pretrain --config {CONFIG_FILE:q} --out {params.out:q} 2> {log:q}"

@@ -16,9 +16,7 @@ rule profile:
         f"{BENCH}/profile.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=0,
+        **config["resources"]["profile"],
     shell:
         "OMP_NUM_THREADS={threads} egrpo profile --config {CONFIG_FILE:q} --model {params.model:q}"
         " --out-csv {output.csv:q} --out-png {output.png:q} 2> {log:q}"

@@ -24,8 +24,7 @@ rule report:
         f"{BENCH}/report.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **config["resources"]["report"],
     shell:
         "egrpo report --config {CONFIG_FILE:q} --profile {input.profile:q} --plan {input.plan:q}"
         " --train-metrics {input.train:q} --eval-summaries {input.evals:q} --out {params.out:q} 2> {log:q}"
@@ -52,8 +51,7 @@ rule claims:
         f"{LOGS}/claims.log",
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **config["resources"]["claims"],
     shell:
         "egrpo claims --config {CONFIG_FILE:q} --profile {input.profile:q} --merged {input.merged:q}"
         " --train-metrics {input.train:q} {params.pretrain} --out {params.out:q} 2> {log:q}"

@@ -12,7 +12,6 @@ rule threshold:
         f"{BENCH}/threshold.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        **config["resources"]["threshold"],
     shell:
         "egrpo threshold --config {CONFIG_FILE:q} --profile {input:q} --out {output:q} 2> {log:q}"

@@ -19,9 +19,7 @@ rule train:
         f"{BENCH}/train/{{algorithm}}/{{reward_setting}}/seed{{seed}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=240,
-        gpu=0,
+        **config["resources"]["train"],
     shell:
         "OMP_NUM_THREADS={threads} egrpo train --gpus {resources.gpu} --config {CONFIG_FILE:q} --model {params.model:q} {params.plan}"
         " --algorithm {wildcards.algorithm} --reward-setting {wildcards.reward_setting} --seed {wildcards.seed}"
