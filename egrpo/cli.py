@@ -14,8 +14,18 @@ import warnings
 from egrpo.algorithms import ALGORITHMS  # names only: no torch
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("egrpo")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="egrpo", description="E-GRPO experiment pipeline stages.")
+    parser.add_argument("--version", action="version", version=f"egrpo {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
 
     def stage(name, help_text):
@@ -74,9 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV file to write")
 
     stage("mlflow-init", "Create the MLflow store and experiment once, before parallel jobs start.")
-    sub.add_parser("rewards", help="List the registered rewards and what each needs.")
-    p = sub.add_parser("install-profile", help="Link profiles/<name> to ~/.config/snakemake/<name>, "
-                                                "so that `snakemake --profile <name>` finds it.")
+    text = "List the registered rewards, what each needs and which original it reproduces."
+    sub.add_parser("rewards", help=text, description=text)
+    text = "Link profiles/<name> to ~/.config/snakemake/<name>, so that `snakemake --profile <name>` finds it."
+    p = sub.add_parser("install-profile", help=text, description=text)
     p.add_argument("name", nargs="?", default="slurm", help="profile under profiles/ (default: slurm)")
     p.add_argument("--force", action="store_true", help="replace an existing profile of that name")
     return parser
@@ -137,6 +148,23 @@ def _install_profile(name: str, force: bool) -> None:
     base.mkdir(parents=True, exist_ok=True)
     target.symlink_to(source, target_is_directory=True)
     print(f"{target} -> {source}")
+
+
+# arguments that name files a stage reads (--model may be a Hub id: its loader checks it)
+_INPUT_FILES = ("profile", "merged", "plan", "train_metrics", "eval_summaries", "pretrain", "checkpoint")
+
+
+def _check_input_files(args) -> None:
+    """Every input file named on the command line exists: one line naming the option otherwise."""
+    from pathlib import Path
+
+    from egrpo.errors import UserError
+
+    for name in _INPUT_FILES:
+        value = getattr(args, name, None)
+        for path in (value if isinstance(value, list) else [value] if value else []):
+            if not Path(path).exists():
+                raise UserError(f"--{name.replace('_', '-')}: {path} does not exist")
 
 
 def _dispatch(args) -> None:
@@ -203,9 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"egrpo {args.command}: %(message)s", stream=sys.stderr)
     try:
+        _check_input_files(args)
         _dispatch(args)
     except UserError as e:
         print(f"egrpo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:   # not about a path the user can fix: a bug or the machine, keep the traceback
+            raise
+        print(f"egrpo {args.command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"egrpo {args.command}: interrupted", file=sys.stderr)

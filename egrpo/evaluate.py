@@ -60,6 +60,18 @@ def image_grid(images: list[torch.Tensor], columns: int):
     return canvas
 
 
+def evaluation_se(scores, metric: str) -> float:
+    """Standard error of a policy's mean score from its evaluation alone: the std of the per-prompt
+    means (ddof 1) / sqrt(prompts). Images of one prompt are correlated, so prompts are the units.
+    Two policies whose means differ by less than about 2 * sqrt(se_a^2 + se_b^2) are within noise."""
+    import math
+
+    per_prompt = scores.groupby("prompt_index")[metric].mean()
+    if len(per_prompt) < 2:
+        return float("nan")
+    return float(per_prompt.std(ddof=1) / math.sqrt(len(per_prompt)))
+
+
 def run_evaluate(cfg: dict, name: str, model_dir, checkpoint, out_dir) -> dict:
     from PIL import Image
 
@@ -94,13 +106,15 @@ def run_evaluate(cfg: dict, name: str, model_dir, checkpoint, out_dir) -> dict:
         atomic_write_text(out_dir / "scores.csv", table.to_csv(index=False))
         summary = {"name": name, "num_prompts": len(prompts), "images_per_prompt": ecfg["images_per_prompt"],
                    "num_steps": num_steps, "resolution": model.resolution, "guidance": model.guidance,
-                   "metrics": {r: {"mean": float(table[r].mean()), "std": float(table[r].std(ddof=0))} for r in names},
+                   "metrics": {r: {"mean": float(table[r].mean()), "std": float(table[r].std(ddof=0)),
+                                   "se": evaluation_se(table, r)} for r in names},
                    "per_style": ({str(style): {r: float(g[r].mean()) for r in names}
                                   for style, g in table.groupby("style")} if table["style"].notna().any() else {}),
                    "nfe": model.nfe, "mlflow_run_id": run.info.run_id}
         Image.fromarray(image_grid(grid, ecfg["images_per_prompt"] * 4)).save(out_dir / "grid.png")
         atomic_write_json(out_dir / "summary.json", summary)
         mlflow.log_metrics({f"eval_{r}": v["mean"] for r, v in summary["metrics"].items()})
+        mlflow.log_metrics({f"eval_{r}_se": v["se"] for r, v in summary["metrics"].items()})
         for f in ("scores.csv", "summary.json", "grid.png"):
             mlflow.log_artifact(str(out_dir / f))
     return summary

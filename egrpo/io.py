@@ -12,12 +12,25 @@ from pathlib import Path
 from egrpo.errors import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def as_created(path: str | os.PathLike) -> None:
+    """Give a temporary file (0600) or directory (0700) the mode a plain open()/mkdir() would have
+    under the current umask, so that collaborators read results as they read any other file."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    as_created(tmp)
     os.replace(tmp, path)
 
 
@@ -31,6 +44,7 @@ def atomic_dir(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    as_created(tmp)
     try:
         yield tmp
     except BaseException:
@@ -51,6 +65,7 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    as_created(tmp)
     os.replace(tmp, path)
 
 

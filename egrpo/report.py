@@ -26,7 +26,8 @@ def collect(train_metrics: list[str], eval_summaries: list[str]) -> pd.DataFrame
     rows = []
     for path in eval_summaries:
         s = json.loads(Path(path).read_text())
-        row = {"policy": s["name"], **{r: v["mean"] for r, v in s["metrics"].items()}}
+        row = {"policy": s["name"], **{r: v["mean"] for r, v in s["metrics"].items()},
+               **{f"{r}_se": v["se"] for r, v in s["metrics"].items() if "se" in v}}
         if s["name"] == "base":
             row.update(algorithm="base", reward_setting="-", seed=None)
         else:
@@ -48,8 +49,8 @@ def per_style_table(eval_summaries: list[str]) -> pd.DataFrame:
         for style, metrics in s.get("per_style", {}).items():
             rows += [{"algorithm": kind[0], "reward_setting": kind[1], "style": style, "metric": m, "value": v}
                      for m, v in metrics.items()]
-    if not rows:
-        return pd.DataFrame()
+    if not rows:   # the header alone: a reader sees the columns, not a 1-byte file
+        return pd.DataFrame(columns=["algorithm", "reward_setting", "style", "metric", "mean", "std"])
     df = pd.DataFrame(rows)
     table = df.groupby(["algorithm", "reward_setting", "style", "metric"], sort=False)["value"].agg(["mean", "std"])
     return table.reset_index()
@@ -68,6 +69,9 @@ def summary_table(per_policy: pd.DataFrame, metrics: list[str], baseline: str = 
     table.columns = [f"{m}_{stat}" for m, stat in table.columns]
     for c in cost:
         table[c] = grouped[c].mean()
+    for m in metrics:   # the evaluation's own standard error of one policy's mean, averaged over seeds
+        if f"{m}_se" in per_policy:
+            table[f"{m}_eval_se"] = grouped[f"{m}_se"].mean()
     table["seeds"] = grouped["policy"].count()
     table = table.reset_index()
     for m in metrics:
@@ -78,7 +82,8 @@ def summary_table(per_policy: pd.DataFrame, metrics: list[str], baseline: str = 
 
 
 def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo") -> str:
-    """The table as Markdown: mean ± std, the best mean per metric in bold, % vs the baseline."""
+    """The table as Markdown: mean ± std over seeds [the evaluation's SE], the best mean per metric
+    in bold, % vs the baseline; notes below say what ± and SE are and when rows differ in compute."""
     header = ["algorithm", "reward setting"] + metrics + [f"Δ% vs {baseline} ({m})" for m in metrics]
     header += ["NFE", "fwd-equiv", "wall s", "GPU h", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -88,12 +93,36 @@ def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo
         cells = [row["algorithm"], row["reward_setting"]]
         for m in metrics:
             text = f"{row[f'{m}_mean']:.4f}" + ("" if pd.isna(row[f"{m}_std"]) else f" ± {row[f'{m}_std']:.4f}")
+            se = row.get(f"{m}_eval_se")
+            text += "" if se is None or pd.isna(se) else f" [SE {se:.4f}]"
             cells.append(f"**{text}**" if row[f"{m}_mean"] == best[m] else text)
         cells += [fmt(row[f"{m}_vs_{baseline}_pct"], "+.1f") for m in metrics]
         cells += [fmt(row.get("nfe_total"), ".0f"), fmt(row.get("forward_equivalents"), ".0f"),
                   fmt(row.get("wall_s"), ".1f"), fmt(row.get("gpu_hours"), ".2f"), str(int(row["seeds"]))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    notes = ["", "± std over seeds; [SE] the evaluation's standard error of one policy's mean (per-prompt means), "
+             "averaged over seeds: two rows whose means differ by less than about 2 SE are within evaluation "
+             "noise. Bold: the highest mean."]
+    notes += compute_caveats(table, baseline)
+    return "\n".join(lines + notes) + "\n"
+
+
+def compute_caveats(table: pd.DataFrame, baseline: str = "dancegrpo", tolerance: float = 0.1) -> list[str]:
+    """One line per reward setting whose rows used different compute (forward-equivalents)."""
+    if "forward_equivalents" not in table:
+        return []
+    out = []
+    for setting, rows in table[table["algorithm"] != "base"].groupby("reward_setting", sort=False):
+        ref = rows.loc[rows["algorithm"] == baseline, "forward_equivalents"]
+        if ref.empty or not ref.iloc[0] > 0:
+            continue
+        ratios = {a: fe / ref.iloc[0] for a, fe in zip(rows["algorithm"], rows["forward_equivalents"]) if a != baseline}
+        unequal = {a: r for a, r in ratios.items() if abs(r - 1) > tolerance}
+        if unequal:
+            said = ", ".join(f"{a} {r:.2f}x" for a, r in unequal.items())
+            out.append(f"Not equal compute ({setting}): forward-equivalents relative to {baseline}: {said}. "
+                       f"Compare at an equal budget with `train.max_forward_equivalents` (the claims stage does).")
+    return out
 
 
 def plot_entropy_plan(profile: pd.DataFrame, plan: dict, path) -> None:
@@ -139,18 +168,24 @@ def plot_reward_std(profile: pd.DataFrame, path) -> None:
     twin.bar(profile["step"], profile["tie_share"], alpha=0.15, color="tab:red")
     twin.set_ylabel("share of tied groups", color="tab:red")
     twin.set_ylim(0, 1)
+    if not (profile["tie_share"] > 0).any():   # an empty axis reads like a bug: say what it shows
+        twin.text(0.98, 0.04, "no tied groups at any step (all bars 0)", transform=twin.transAxes, ha="right",
+                  fontsize=7, color="tab:red")
     ax.legend(fontsize=8)
     ax.set_title("Reward spread of branches per step (low spread: little to learn from)")
     save_figure(fig, path)
     plt.close(fig)
 
 
-def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8) -> None:
-    """Rows: base and the first seed of each policy; columns: the same prompts and seeds."""
+def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8, min_size: int = 96) -> None:
+    """Rows: base and the first seed of each policy; columns: the same prompts and seeds, each
+    captioned with its prompt. Small images are enlarged (nearest neighbour) to `min_size` px."""
+    import textwrap
+
     import numpy as np
     from PIL import Image, ImageDraw
 
-    rows, labels, seen = [], [], set()
+    rows, labels, seen, files_of_first = [], [], set(), []
     for directory in eval_dirs:
         name = directory.name
         kind = name if name == "base" else name.rsplit("-", 1)[0]
@@ -159,22 +194,39 @@ def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8) -> None:
         seen.add(kind)
         files = sorted((directory / "images").glob("*.png"))[:max_images]
         if files:
-            rows.append([np.asarray(Image.open(f).convert("RGB")) for f in files])
+            rows.append([Image.open(f).convert("RGB") for f in files])
             labels.append(kind)
+            files_of_first = files_of_first or files
     if not rows:  # evaluations without saved images (older runs): say so in the picture
         canvas = Image.new("RGB", (320, 40), "white")
         ImageDraw.Draw(canvas).text((8, 12), "no evaluation images found", fill="black")
         canvas.save(path)
         return
-    h, w = rows[0][0].shape[:2]
-    label_w, pad = 150, 2
+    prompts = {}
+    scores = Path(files_of_first[0]).parent.parent / "scores.csv"
+    if scores.is_file():
+        table = pd.read_csv(scores)
+        prompts = dict(zip(table["prompt_index"], table["prompt"]))
+    scale = max(1, -(-min_size // max(rows[0][0].size)))
+    w, h = rows[0][0].size[0] * scale, rows[0][0].size[1] * scale
+    label_w, pad, chars = 150, 4, max(8, w // 6)
+    captions = []
+    for f in files_of_first:
+        index = int(f.stem.split("_")[0].lstrip("p") or 0)
+        image = f.stem.split("_")[1] if "_" in f.stem else ""
+        captions.append(textwrap.wrap(f"{prompts.get(index, f.stem)} ({image})", chars)[:5])
+    top = 12 * max(len(c) for c in captions) + pad
     n = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (label_w + n * (w + pad), len(rows) * (h + pad)), "white")
+    canvas = Image.new("RGB", (label_w + n * (w + pad), top + len(rows) * (h + pad)), "white")
     draw = ImageDraw.Draw(canvas)
+    for c, lines in enumerate(captions):
+        for k, line in enumerate(lines):
+            draw.text((label_w + c * (w + pad), 2 + 12 * k), line, fill="black")
     for r, (images, label) in enumerate(zip(rows, labels)):
-        draw.text((4, r * (h + pad) + h // 2 - 5), label, fill="black")
+        y = top + r * (h + pad)
+        draw.text((4, y + h // 2 - 5), label, fill="black")
         for c, img in enumerate(images):
-            canvas.paste(Image.fromarray(img), (label_w + c * (w + pad), r * (h + pad)))
+            canvas.paste(img.resize((w, h), Image.NEAREST), (label_w + c * (w + pad), y))
     tmp = Path(path).with_suffix(".tmp.png")
     canvas.save(tmp)
     tmp.replace(path)

@@ -72,4 +72,20 @@ def stage_run(cfg: dict, stage: str, tags: dict | None = None, run_id: str | Non
         if run_id is None:
             mlflow.set_tags(all_tags)
             mlflow.log_params(flatten(cfg))
+            mark_superseded(mlflow, run, stage)
         yield mlflow, run
+
+
+def mark_superseded(mlflow, run, stage: str) -> list[str]:
+    """A rerun of a job (e.g. after `snakemake -R threshold`) starts a new run with the same name:
+    tag the earlier ones `superseded_by=<new run id>`, so that a query for the current results adds
+    `and tags.superseded_by IS NULL` (egrpo compare keeps the latest run per job anyway)."""
+    name = run.info.run_name.replace("'", "\\'")
+    earlier = mlflow.search_runs(
+        experiment_ids=[run.info.experiment_id], output_format="list",
+        filter_string=f"attributes.run_name = '{name}' and tags.stage = '{stage}' and tags.superseded_by IS NULL")
+    ids = [r.info.run_id for r in earlier if r.info.run_id != run.info.run_id]
+    client = mlflow.MlflowClient()
+    for run_id in ids:
+        client.set_tag(run_id, "superseded_by", run.info.run_id)
+    return ids

@@ -449,7 +449,7 @@ class Trainer:
                 mlflow.log_artifact(str(self.out_dir / "train_log.csv"))
         self.accelerator.wait_for_everyone()
         if main:
-            shutil.rmtree(self.resume_dir, ignore_errors=True)
+            remove_resume_state(self.resume_dir)
         return metrics
 
     def write_outputs(self) -> dict:
@@ -493,6 +493,22 @@ def _fault_injection(done: int) -> None:
 
     if os.environ.get("EGRPO_KILL_AFTER_ITERATION") == str(done):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def remove_resume_state(resume_dir: Path) -> None:
+    """After success the resume state goes, and so do the folders that held only it: up to the
+    workflow's `resume/` folder (resume/<algorithm>/<reward setting>/seed<k>), never a non-empty one."""
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    parents = list(Path(resume_dir).parents)[:3]
+    if not any(p.name == "resume" for p in parents):
+        return
+    for parent in parents:
+        try:
+            parent.rmdir()
+        except OSError:   # not empty (another run's state) or already gone
+            break
+        if parent.name == "resume":
+            break
 
 
 def run_train(cfg, algorithm, reward_setting, seed, model_dir, plan_path, out_dir, resume_dir) -> dict:

@@ -13,7 +13,30 @@ def run(*args):
 
 def test_rollout_benchmark_toy():
     out = run("benchmarks/rollout.py", "--tiny", "--num-steps", "4", "--group-size", "2")
-    assert "RESULT rollout_speedup" in out  # and its batched == one-at-a-time assertion held
+    assert "RESULT rollout_speedup " in out and "RESULT rollout_speedup_vs_recompute " in out  # and its
+    # batched == one-at-a-time assertion held against both references
+    calls = {line.split()[0]: [int(v) for v in line.split()[3:5]] for line in out.splitlines()
+             if line.split()[:1] in (["ours"], ["official"], ["recompute"])}
+    # N = 4, G = 2, the quantile plan's 3 entries, strides [1, 2]: the official reference is batch 1
+    # (calls = sample-forwards) with a full anchor of N calls; ours batches (fewer calls, fewer forwards)
+    assert calls["official"][0] == calls["official"][1] and calls["recompute"][0] == calls["recompute"][1]
+    assert calls["ours"][0] < calls["ours"][1] < calls["official"][1] < calls["recompute"][1]
+    # sample-forwards against the closed forms (docs/design.md §3), with c(s, k, g) = ceil((N - s - k) / g):
+    #   ours      s_max + 1 + sum_entries G * sum_g c          (anchor to s_max, shared branching velocity)
+    #   official  N + sum_entries G * (1 + sum_g c)            (full anchor, one branching velocity per member)
+    #   recompute sum_entries G * (s + 1 + sum_g c)            (every member re-integrates its prefix)
+    import ast
+    import math
+
+    plan = ast.literal_eval(next(l for l in out.splitlines() if l.startswith("plan (start, length):")).split(":", 1)[1])
+    n, g = 4, 2
+
+    def c(s, k):
+        return sum(math.ceil((n - s - k) / stride) for stride in (1, 2))
+
+    assert calls["ours"][1] == max(s for s, _ in plan) + 1 + sum(g * c(s, k) for s, k in plan)
+    assert calls["official"][1] == n + sum(g * (1 + c(s, k)) for s, k in plan)
+    assert calls["recompute"][1] == sum(g * (s + 1 + c(s, k)) for s, k in plan)
 
 
 def test_flux_gpu_benchmark_toy_and_skip():

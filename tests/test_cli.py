@@ -19,6 +19,15 @@ def test_every_stage_has_help():
         assert result.returncode == 0 and "--config" in result.stdout, stage
 
 
+def test_version_and_help_of_the_helper_commands():
+    from importlib.metadata import version
+
+    result = egrpo("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"egrpo {version('egrpo')}"
+    assert "which original it reproduces" in egrpo("rewards", "--help").stdout
+    assert "~/.config/snakemake/<name>" in egrpo("install-profile", "--help").stdout
+
+
 def test_rewards_lists_the_registry():
     result = egrpo("rewards")
     assert result.returncode == 0
@@ -104,3 +113,50 @@ def test_mlflow_runs_are_quiet_where_git_is_missing(tmp_path):
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "git" not in quiet.stderr.lower(), quiet.stderr[-2000:]
     assert "git" in run("bare").stderr.lower()   # the noise this guards against
+
+
+def test_a_rerun_job_marks_the_runs_it_replaces(tmp_path):
+    import mlflow
+
+    from egrpo.tracking import stage_run
+
+    cfg = {"experiment": "rerun", "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}
+    ids = {}
+    for key, name in (("first", "train egrpo/color/seed0"), ("other", "train egrpo/color/seed1"),
+                      ("second", "train egrpo/color/seed0")):
+        with stage_run(cfg, "train", run_name=name) as (_, run):
+            ids[key] = run.info.run_id
+    with stage_run(cfg, "train", run_id=ids["second"]):     # resuming a run is not a rerun
+        pass
+    runs = mlflow.search_runs(experiment_names=["rerun"]).set_index("run_id")
+    assert runs.loc[ids["first"], "tags.superseded_by"] == ids["second"]
+    assert runs[["tags.superseded_by"]].drop(ids["first"]).isna().all().all()
+    current = mlflow.search_runs(experiment_names=["rerun"], filter_string="tags.superseded_by IS NULL")
+    assert set(current["run_id"]) == {ids["other"], ids["second"]}
+
+
+def test_every_subcommand_reports_bad_input_in_one_line(tmp_path):
+    cfg = micro_config(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    c, missing = str(path), str(tmp_path / "missing.json")
+    cases = {
+        "build-model": (["--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "m")], "config file not found"),
+        "pretrain": (["--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "p")], "config file not found"),
+        "profile": (["--config", c, "--model", str(tmp_path / "missing"), "--out-csv", "e.csv", "--out-png", "e.png"],
+                    "model.path"),
+        "threshold": (["--config", c, "--profile", missing, "--out", str(tmp_path / "p.json")], "--profile"),
+        "train": (["--config", c, "--algorithm", "egrpo", "--reward-setting", "color", "--seed", "0", "--plan", missing,
+                   "--out", str(tmp_path / "o"), "--resume-dir", str(tmp_path / "r")], "--plan"),
+        "evaluate": (["--config", c, "--checkpoint", str(tmp_path / "nockpt"), "--name", "egrpo-color-seed0",
+                      "--out", str(tmp_path / "ev")], "--checkpoint"),
+        "report": (["--config", c, "--profile", missing, "--plan", missing, "--eval-summaries", missing,
+                    "--out", str(tmp_path / "rep")], "--profile"),
+        "claims": (["--config", c, "--profile", missing, "--train-metrics", missing, "--out", str(tmp_path / "cl")],
+                   "--profile"),
+        "compare": (["--config", c], "no finished runs"),
+        "mlflow-init": (["--config", str(tmp_path / "nope.yaml")], "config file not found"),
+        "install-profile": (["no_such_profile"], "no profile 'no_such_profile'"),
+    }
+    for command, (args, fragment) in cases.items():
+        one_line_error(egrpo(command, *args), fragment)

@@ -1,5 +1,6 @@
 """Prompt files and offline rewards."""
 import json
+import os
 
 import pytest
 import torch
@@ -80,6 +81,33 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     assert (target / "done.txt").read_text() == "ok"
 
 
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask, file_mode, dir_mode):
+    """Atomic writes go through 0600 temporary files and 0700 temporary directories; the results
+    must still be readable by collaborators as far as the umask allows (tables, plots, checkpoints)."""
+    import stat
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from egrpo.io import atomic_write_json, save_figure
+
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "metrics.json", {"a": 1})
+        with atomic_dir(tmp_path / "checkpoint") as tmp:
+            (tmp / "weights.txt").write_text("w")
+        fig = plt.figure()
+        save_figure(fig, tmp_path / "plot.png")
+        plt.close(fig)
+    finally:
+        os.umask(old)
+    for name in ("metrics.json", "plot.png", "checkpoint/weights.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode, name
+    assert stat.S_IMODE((tmp_path / "checkpoint").stat().st_mode) == dir_mode
+
+
 def test_per_style_table(tmp_path):
     from egrpo.report import per_style_table
 
@@ -93,4 +121,24 @@ def test_per_style_table(tmp_path):
     assert table.loc[("egrpo", "anime"), "mean"] == pytest.approx(0.5)
     assert table.loc[("egrpo", "photo"), "std"] == pytest.approx(0.1414, abs=1e-3)
     assert table.loc[("base", "photo"), "mean"] == pytest.approx(0.3)
-    assert per_style_table([]).empty
+    empty = per_style_table([])
+    assert empty.empty and empty.to_csv(index=False).strip() == "algorithm,reward_setting,style,metric,mean,std"
+
+
+def test_resume_state_and_its_empty_folders_go_after_success(tmp_path):
+    from egrpo.train import remove_resume_state
+
+    exp = tmp_path / "results/exp"
+    for seed in (0, 1):
+        (exp / f"resume/egrpo/color/seed{seed}/state").mkdir(parents=True)
+    (exp / "resume/dancegrpo/color/seed0").mkdir(parents=True)
+    remove_resume_state(exp / "resume/egrpo/color/seed0")
+    assert not (exp / "resume/egrpo/color/seed0").exists() and (exp / "resume/egrpo/color/seed1").is_dir()
+    remove_resume_state(exp / "resume/egrpo/color/seed1")
+    assert not (exp / "resume/egrpo").exists() and (exp / "resume/dancegrpo/color/seed0").is_dir()
+    remove_resume_state(exp / "resume/dancegrpo/color/seed0")
+    assert not (exp / "resume").exists() and exp.is_dir()        # up to resume/, never above
+    elsewhere = tmp_path / "mine/keep/state"                   # a hand-chosen --resume-dir: only itself goes
+    elsewhere.mkdir(parents=True)
+    remove_resume_state(elsewhere)
+    assert not elsewhere.exists() and (tmp_path / "mine/keep").is_dir()
