@@ -47,9 +47,15 @@ def main() -> None:
         cfg["prompts"][key] = str(ROOT / cfg["prompts"][key])
     cfg["train"]["iterations"] = args.iterations
     cfg["mlflow"] = {"tracking_uri": f"sqlite:///{tmp}/mlflow.db"}
+    for settings in (cfg.get("reward_models") or {}).values():   # the shipped models/tinyclip, from anywhere
+        if (ROOT / settings["path"]).exists():
+            settings["path"] = str(ROOT / settings["path"])
     cfg = validate(cfg)
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    model_dir = run_build_model(cfg, tmp / "model")
+    # the default config trains the shipped pretrained tiny world; a tiny random model is built otherwise
+    model_dir = (ROOT / cfg["model"]["path"] if cfg["model"]["source"] == "pretrained"
+                 else run_build_model(cfg, tmp / "model"))
+    setting = next(iter(cfg["reward_settings"]))
     (tmp / "plan.json").write_text(json.dumps(make_plan(cfg, None)))
     pipe = load_pipeline(cfg, model_dir)
     weights = sum(p.numel() * p.element_size() for m in (pipe.transformer, pipe.vae, pipe.text_encoder,
@@ -63,7 +69,7 @@ def main() -> None:
                                 "egrpo.train"])
     train_mb = child_peak_mb([sys.executable, "-m", "egrpo", "train", "--config", str(tmp / "cfg.yaml"), "--model",
                               str(model_dir), "--plan", str(tmp / "plan.json"), "--algorithm", args.algorithm,
-                              "--reward-setting", "color", "--seed", "0", "--out", str(tmp / "out"),
+                              "--reward-setting", setting, "--seed", "0", "--out", str(tmp / "out"),
                               "--resume-dir", str(tmp / "resume")])
     print(f"machine: {machine()}")
     print(f"weights {weights / 2**20:.2f} MiB, trainable {trainable / 2**20:.3f} MiB -> "

@@ -75,3 +75,15 @@ def test_bf16_ratio_benchmark_toy():
     values = {line.split()[1]: float(line.split()[2]) for line in out.splitlines() if line.startswith("RESULT")}
     assert set(values) == {f"bf16_ratio_{d}_{a}" for d in ("float32", "bfloat16") for a in ("egrpo", "dancegrpo")}
     assert values["bf16_ratio_float32_egrpo"] < 1e-6 and values["bf16_ratio_float32_dancegrpo"] < 1e-6
+
+
+def test_iteration_benchmark_toy():
+    out = run("benchmarks/iteration.py", "--tiny")
+    assert "RESULT iteration_over_floor " in out and "floor (sum)" in out
+
+
+def test_memory_benchmark_one_iteration():
+    """From a fresh clone on the default config, which trains the shipped tiny world."""
+    out = run("benchmarks/memory.py", "--iterations", "1")
+    ratio = float(next(l for l in out.splitlines() if l.startswith("RESULT peak_rss_over_state")).split()[-1])
+    assert ratio > 1   # a process holds more than its weights, gradients and AdamW moments
