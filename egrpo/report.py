@@ -70,8 +70,8 @@ def summary_table(per_policy: pd.DataFrame, metrics: list[str], baseline: str = 
     for c in cost:
         table[c] = grouped[c].mean()
     for m in metrics:   # the evaluation's own standard error of one policy's mean, averaged over seeds
-        if f"{m}_se" in per_policy:
-            table[f"{m}_eval_se"] = grouped[f"{m}_se"].mean()
+        # (NaN where unknown: one prompt, or summaries from before it was recorded; MLflow then has no value)
+        table[f"{m}_eval_se"] = grouped[f"{m}_se"].mean() if f"{m}_se" in per_policy else float("nan")
     table["seeds"] = grouped["policy"].count()
     table = table.reset_index()
     for m in metrics:
@@ -100,9 +100,10 @@ def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo
         cells += [fmt(row.get("nfe_total"), ".0f"), fmt(row.get("forward_equivalents"), ".0f"),
                   fmt(row.get("wall_s"), ".1f"), fmt(row.get("gpu_hours"), ".2f"), str(int(row["seeds"]))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    notes = ["", "± std over seeds; [SE] the evaluation's standard error of one policy's mean (per-prompt means), "
-             "averaged over seeds: two rows whose means differ by less than about 2 SE are within evaluation "
-             "noise. Bold: the highest mean."]
+    has_se = any(f"{m}_eval_se" in table and table[f"{m}_eval_se"].notna().any() for m in metrics)
+    notes = ["", "± std over seeds; " + ("[SE] the evaluation's standard error of one policy's mean (per-prompt "
+             "means), averaged over seeds: two rows whose means differ by less than about 2 SE are within "
+             "evaluation noise. " if has_se else "") + "Bold: the highest mean."]
     notes += compute_caveats(table, baseline)
     return "\n".join(lines + notes) + "\n"
 

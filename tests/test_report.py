@@ -34,3 +34,12 @@ def test_table_shows_evaluation_se_and_says_when_compute_differs():
     assert "about 2 SE are within evaluation noise" in md
     assert "Not equal compute (h): forward-equivalents relative to dancegrpo: egrpo 2.70x." in md
     assert compute_caveats(summary_table(per_policy(egrpo_fe=1050.0), ["hps"])) == []   # within 10%
+
+
+def test_unknown_evaluation_se_is_an_empty_cell_not_a_missing_column():
+    """One evaluation prompt gives no SE; MLflow then holds no value and the files hold NaN: both
+    sources must still give the same columns (egrpo compare against table.csv)."""
+    without = per_policy(egrpo_fe=1000.0).drop(columns="hps_se")
+    table = summary_table(without, ["hps"])
+    assert "hps_eval_se" in table and table["hps_eval_se"].isna().all()
+    assert "SE" not in markdown(table, ["hps"])
