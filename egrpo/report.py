@@ -93,14 +93,14 @@ def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo
         cells = [row["algorithm"], row["reward_setting"]]
         for m in metrics:
             text = f"{row[f'{m}_mean']:.4f}" + ("" if pd.isna(row[f"{m}_std"]) else f" ± {row[f'{m}_std']:.4f}")
-            se = row.get(f"{m}_eval_se")
-            text += "" if se is None or pd.isna(se) else f" [SE {se:.4f}]"
+            se = row[f"{m}_eval_se"]
+            text += "" if pd.isna(se) else f" [SE {se:.4f}]"
             cells.append(f"**{text}**" if row[f"{m}_mean"] == best[m] else text)
         cells += [fmt(row[f"{m}_vs_{baseline}_pct"], "+.1f") for m in metrics]
         cells += [fmt(row.get("nfe_total"), ".0f"), fmt(row.get("forward_equivalents"), ".0f"),
                   fmt(row.get("wall_s"), ".1f"), fmt(row.get("gpu_hours"), ".2f"), str(int(row["seeds"]))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    has_se = any(f"{m}_eval_se" in table and table[f"{m}_eval_se"].notna().any() for m in metrics)
+    has_se = any(table[f"{m}_eval_se"].notna().any() for m in metrics)
     notes = ["", "± std over seeds; " + ("[SE] the evaluation's standard error of one policy's mean (per-prompt "
              "means), averaged over seeds: two rows whose means differ by less than about 2 SE are within "
              "evaluation noise. " if has_se else "") + "Bold: the highest mean."]

@@ -138,9 +138,9 @@ class ImageRewardScorer:
             raise UserError(f"cannot load the BERT tokenizer from {tokenizer_path}: {str(e).splitlines()[0]}") from None
         # BLIP's tokenizer: bert-base-uncased plus [DEC] and [ENC] (vocabulary 30524)
         self.tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        from egrpo.rewards.clip import WEIGHTS_DTYPE
+        from egrpo.rewards.clip import WEIGHTS_DTYPE, _device
 
+        self.device = _device()
         self.precision, self.dtype = precision, WEIGHTS_DTYPE[precision]
         for module in (self.vision, self.text, self.mlp):
             module.to(self.device, self.dtype)

@@ -159,10 +159,10 @@ class OpenCLIPScorer:
                  precision: str = "float32", letterbox: bool = True):
         from transformers import CLIPTokenizer
 
-        from egrpo.rewards.clip import WEIGHTS_DTYPE
+        from egrpo.rewards.clip import WEIGHTS_DTYPE, _device
 
         self.model = load_openclip_as_clipmodel(path, arch, WEIGHTS_DTYPE[precision])
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = _device()
         self.model.to(self.device)
         if not tokenizer_path:
             raise UserError(f"{path}: an OpenCLIP reward needs `processor`: a directory (or cached Hub id) with "

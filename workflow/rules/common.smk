@@ -104,5 +104,5 @@ def pretrain_report():
     or the one shipped beside a local pretrained model (models/pretrain.json)."""
     if SOURCE == "pretrain":
         return [f"{RESULTS}/pretrain/pretrain.json"]
-    shipped = os.path.join(os.path.dirname(str(MODEL_DIR).rstrip("/")), "pretrain.json")
+    shipped = os.path.join(os.path.dirname(os.path.normpath(str(MODEL_DIR))), "pretrain.json")
     return [shipped] if SOURCE == "pretrained" and os.path.isfile(shipped) else []
