@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,14 +161,17 @@ class FlowModel:
     counts forward evaluations per sample in `nfe` (the rollout and the trainer read it).
     """
 
-    def __init__(self, pipe, cfg: dict, device: torch.device | str = "cpu", resolution: int | None = None,
+    def __init__(self, pipe, cfg: dict, device: torch.device | str | None = None, resolution: int | None = None,
                  guidance: float | None = None):
+        from egrpo.device import select_device
+
+        mcfg = cfg["model"]
         self.pipe = pipe
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else select_device(cfg)
         self.transformer = pipe.transformer
         self.resolution = resolution or cfg["sampling"]["resolution"]
         self.guidance = cfg["sampling"]["guidance"] if guidance is None else guidance
-        self.max_sequence_length = min(cfg["model"]["max_sequence_length"], pipe.tokenizer_2.model_max_length)
+        self.max_sequence_length = min(mcfg["max_sequence_length"], pipe.tokenizer_2.model_max_length)
         factor = pipe.vae_scale_factor * 2
         if self.resolution % factor:
             raise UserError(f"sampling.resolution: {self.resolution} must be a multiple of {factor} for this model")
@@ -176,27 +180,67 @@ class FlowModel:
         self.num_tokens = (self.latent_hw // 2) ** 2
         self.img_ids = pipe._prepare_latent_image_ids(1, self.latent_hw // 2, self.latent_hw // 2,
                                                       self.device, self.transformer.dtype)
-        self.compute_dtype = getattr(torch, cfg["model"]["dtype"])  # bf16 compute over fp32 master weights
+        self.compute_dtype = getattr(torch, mcfg["dtype"])  # bf16 compute over fp32 master weights
+        self.decode_batch_size = mcfg.get("decode_batch_size", 64)
+        self.offload_text_encoders = mcfg.get("offload_text_encoders", False)
+        self.prompt_cache_size = mcfg.get("prompt_cache_size", 4096)
+        self._prompt_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self.round_timesteps = False     # feed int(1000*sigma)/1000 (set by the trainer from the recipe)
         self.net = self.transformer      # what is called: the transformer, or its DDP wrapper
+        self.compiled = None             # torch.compile'd transformer for calls without gradients (model.compile)
         self.reference = None            # frozen copy for KL under full fine-tuning (else: adapter off)
         self.nfe = 0                     # forward evaluations of the policy, per sample
         self.nfe_reference = 0           # forward evaluations of the reference policy (KL), per sample
-        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
-            module.to(self.device)
+        text_device = torch.device("cpu") if self.offload_text_encoders else self.device
+        for module, where in ((pipe.vae, self.device), (pipe.text_encoder, text_device),
+                              (pipe.text_encoder_2, text_device), (pipe.transformer, self.device)):
+            module.to(where)
             module.requires_grad_(False)
         pipe.vae.eval(); pipe.text_encoder.eval(); pipe.text_encoder_2.eval()
+        if mcfg.get("compile", False):
+            self.compile()
+
+    def compile(self) -> None:
+        """torch.compile the transformer for the calls without gradients (rollouts, sampling); the
+        compiled module shares the transformer's parameters, so it follows every optimizer step."""
+        self.compiled = torch.compile(self.transformer)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:
-        embeds, pooled, text_ids = self.pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, device=self.device, num_images_per_prompt=1,
-            max_sequence_length=self.max_sequence_length)
-        return Conditioning(embeds, pooled, text_ids)
+        """Text conditioning of a batch of prompts, on the device. Each prompt is encoded once and
+        kept on the CPU (the model.prompt_cache_size most recent); with model.offload_text_encoders
+        the encoders visit the device only while new prompts are encoded."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
+        if missing:
+            encoders = (self.pipe.text_encoder, self.pipe.text_encoder_2)
+            if self.offload_text_encoders:
+                for e in encoders:
+                    e.to(self.device)
+            try:
+                embeds, pooled, text_ids = self.pipe.encode_prompt(
+                    prompt=missing, prompt_2=None, device=self.device, num_images_per_prompt=1,
+                    max_sequence_length=self.max_sequence_length)
+            finally:
+                if self.offload_text_encoders:
+                    for e in encoders:
+                        e.to("cpu")
+            if self.prompt_cache_size == 0:  # no cache: the batch as encoded
+                order = torch.tensor([missing.index(p) for p in prompts], device=embeds.device)
+                return Conditioning(embeds[order], pooled[order], text_ids)
+            for i, p in enumerate(missing):
+                self._prompt_cache[p] = (embeds[i].cpu(), pooled[i].cpu(), text_ids.cpu())
+        rows = []
+        for p in prompts:
+            self._prompt_cache.move_to_end(p)
+            rows.append(self._prompt_cache[p])
+        while len(self._prompt_cache) > max(self.prompt_cache_size, len(set(prompts))):
+            self._prompt_cache.popitem(last=False)
+        return Conditioning(torch.stack([r[0] for r in rows]).to(self.device),
+                            torch.stack([r[1] for r in rows]).to(self.device), rows[0][2].to(self.device))
 
     def initial_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Standard normal packed latents [n, L, C], drawn on the CPU for reproducibility."""
-        noise = torch.randn(n, self.num_tokens, self.channels, generator=generator)
+        noise = torch.randn(n, self.num_tokens, self.channels, generator=generator)  # cpu: drawn on the CPU for reproducibility, moved below
         return noise.to(self.device)
 
     def velocity(self, x: torch.Tensor, sigma: float | torch.Tensor, cond: Conditioning,
@@ -217,7 +261,8 @@ class FlowModel:
                 finally:
                     self.transformer.enable_adapters()
         self.nfe += x.shape[0]
-        return self._forward(self.net, x, sigma, cond)
+        net = self.compiled if self.compiled is not None and not torch.is_grad_enabled() else self.net
+        return self._forward(net, x, sigma, cond)
 
     def _forward(self, net, x: torch.Tensor, sigma: float | torch.Tensor, cond: Conditioning) -> torch.Tensor:
         batch = x.shape[0]
@@ -240,11 +285,12 @@ class FlowModel:
         return v.float()
 
     @torch.no_grad()
-    def decode(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Packed latents [B, L, C] -> images [B, 3, H, W] in [0, 1] (float32, CPU)."""
+    def decode(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Packed latents [B, L, C] -> images [B, 3, H, W] in [0, 1] (float32, CPU), model.decode_batch_size
+        images per VAE call."""
         vae = self.pipe.vae
         images = []
-        for chunk in x.split(batch_size):
+        for chunk in x.to(self.device).split(batch_size or self.decode_batch_size):
             lat = self.pipe._unpack_latents(chunk, self.resolution, self.resolution, self.pipe.vae_scale_factor)
             lat = lat / vae.config.scaling_factor + vae.config.shift_factor
             img = vae.decode(lat.to(vae.dtype), return_dict=False)[0]

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from egrpo import sde
+from egrpo.device import select_device
 from egrpo.io import atomic_dir, atomic_write_json
 from egrpo.tinyworld import PALETTE, POSITIONS, SHAPES, SIZES, TEMPLATES, Scene, alignment, parse, render
 
@@ -78,29 +79,32 @@ def _optimizer(module, lr: float, weight_decay: float, steps: int):
 def augment(images: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
     """Renderings made to look like samples: shifts of up to 2 px, blur, colour jitter, noise."""
     b = images.shape[0]
-    shifts = torch.randint(-2, 3, (b, 2), generator=generator)
+    shifts = torch.randint(-2, 3, (b, 2), generator=generator)  # cpu: augmentation runs on the CPU batch
     out = torch.stack([torch.roll(img, (int(dy), int(dx)), dims=(1, 2)) for img, (dy, dx) in zip(images, shifts)])
-    blur = torch.rand(b, 1, 1, 1, generator=generator) < 0.5 * strength
+    blur = torch.rand(b, 1, 1, 1, generator=generator) < 0.5 * strength  # cpu: augmentation
     blurred = F.avg_pool2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     out = torch.where(blur, blurred, out)
-    out = out + strength * 0.08 * (torch.rand(b, 3, 1, 1, generator=generator) - 0.5)
-    out = out + strength * 0.06 * torch.rand(b, 1, 1, 1, generator=generator) * torch.randn(out.shape, generator=generator)
+    out = out + strength * 0.08 * (torch.rand(b, 3, 1, 1, generator=generator) - 0.5)  # cpu: augmentation
+    out = out + strength * 0.06 * torch.rand(b, 1, 1, 1, generator=generator) * torch.randn(out.shape, generator=generator)  # cpu: augmentation
     return out.clamp(0, 1)
 
 
 # ---- VAE ------------------------------------------------------------------------------------------
 
-def train_vae(vae, images: torch.Tensor, pcfg: dict, generator: torch.Generator) -> list[float]:
-    """Reconstruction + beta * KL on random batches of the renderings (in [0, 1]); returns losses."""
+def train_vae(vae, images: torch.Tensor, pcfg: dict, generator: torch.Generator,
+              device: torch.device = torch.device("cpu")) -> list[float]:
+    """Reconstruction + beta * KL on random batches of the renderings (in [0, 1]); returns losses.
+    The data and every random draw stay on the CPU (one generator: the same draws on any device);
+    each batch moves to `device`."""
     steps, batch = pcfg["vae_steps"], pcfg["batch_size"]
     vae.train().requires_grad_(True)
     step_on = _optimizer(vae, pcfg["vae_lr"], 0.0, steps)
     losses = []
     for step in tqdm(range(steps), desc="pretrain vae", unit="step"):
-        idx = torch.randint(len(images), (batch,), generator=generator)
-        x = augment(images[idx], generator, strength=0.5) * 2 - 1
+        idx = torch.randint(len(images), (batch,), generator=generator)  # cpu: indexes the CPU data
+        x = (augment(images[idx], generator, strength=0.5) * 2 - 1).to(device)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)
         recon = vae.decode(z).sample
         loss = F.mse_loss(recon, x) + pcfg["vae_kl_weight"] * posterior.kl().mean()
         losses.append(step_on(loss))
@@ -109,9 +113,9 @@ def train_vae(vae, images: torch.Tensor, pcfg: dict, generator: torch.Generator)
 
 
 @torch.no_grad()
-def standardize_latents(vae, images: torch.Tensor) -> dict:
+def standardize_latents(vae, images: torch.Tensor, device: torch.device = torch.device("cpu")) -> dict:
     """Set shift_factor / scaling_factor so that model latents have mean 0 and std 1."""
-    z = torch.cat([vae.encode(chunk * 2 - 1).latent_dist.mean for chunk in images.split(256)])
+    z = torch.cat([vae.encode(chunk.to(device) * 2 - 1).latent_dist.mean for chunk in images.split(256)])
     shift, scale = float(z.mean()), 1.0 / float(z.std())
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     return {"shift_factor": shift, "scaling_factor": scale}
@@ -120,33 +124,36 @@ def standardize_latents(vae, images: torch.Tensor) -> dict:
 # ---- flow transformer -----------------------------------------------------------------------------
 
 @torch.no_grad()
-def encode_captions(pipe, captions: list[str], max_length: int, batch: int = 256):
+def encode_captions(pipe, captions: list[str], max_length: int, batch: int = 256,
+                    device: torch.device = torch.device("cpu")):
+    """T5 and CLIP-pooled encodings of every caption, kept on the CPU."""
     embeds, pooled = [], []
     for start in range(0, len(captions), batch):
-        e, p, _ = pipe.encode_prompt(prompt=captions[start:start + batch], prompt_2=None, device="cpu",
+        e, p, _ = pipe.encode_prompt(prompt=captions[start:start + batch], prompt_2=None, device=device,
                                      num_images_per_prompt=1, max_sequence_length=max_length)
-        embeds.append(e)
-        pooled.append(p)
+        embeds.append(e.cpu())
+        pooled.append(p.cpu())
     return torch.cat(embeds), torch.cat(pooled)
 
 
 @torch.no_grad()
-def packed_latents(pipe, images: torch.Tensor) -> torch.Tensor:
-    """Renderings [B, 3, H, W] in [0, 1] -> standardized packed latents [B, L, 4C] (posterior means)."""
+def packed_latents(pipe, images: torch.Tensor, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """Renderings [B, 3, H, W] in [0, 1] -> standardized packed latents [B, L, 4C] (posterior means, on the CPU)."""
     vae = pipe.vae
     out = []
     for chunk in images.split(256):
-        z = vae.encode(chunk * 2 - 1).latent_dist.mean
+        z = vae.encode(chunk.to(device) * 2 - 1).latent_dist.mean
         z = (z - vae.config.shift_factor) * vae.config.scaling_factor
         b, c, h, w = z.shape
-        out.append(pipe._pack_latents(z, b, c, h, w))
+        out.append(pipe._pack_latents(z, b, c, h, w).cpu())
     return torch.cat(out)
 
 
 def train_transformer(pipe, latents: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
                       caption_scene: torch.Tensor, text_ids: torch.Tensor, img_ids: torch.Tensor,
-                      cfg: dict, generator: torch.Generator) -> list[float]:
-    """Rectified flow on (scene latent, caption) pairs; returns the losses."""
+                      cfg: dict, generator: torch.Generator, device: torch.device = torch.device("cpu")) -> list[float]:
+    """Rectified flow on (scene latent, caption) pairs; returns the losses. Data and random draws
+    on the CPU, each batch on `device` (text_ids and img_ids are on `device`)."""
     pcfg, shift, guidance = cfg["pretrain"], cfg["sampling"]["shift"], cfg["sampling"]["guidance"]
     steps, batch = pcfg["transformer_steps"], pcfg["batch_size"]
     transformer = pipe.transformer
@@ -155,16 +162,17 @@ def train_transformer(pipe, latents: torch.Tensor, embeds: torch.Tensor, pooled:
     losses = []
     bar = tqdm(range(steps), desc="pretrain transformer", unit="step")
     for step in bar:
-        caption_idx = torch.randint(len(embeds), (batch,), generator=generator)
+        caption_idx = torch.randint(len(embeds), (batch,), generator=generator)  # cpu: indexes the CPU data
         x0 = latents[caption_scene[caption_idx]]
-        eps = torch.randn(x0.shape, generator=generator)
-        u = torch.rand(batch, generator=generator)
+        eps = torch.randn(x0.shape, generator=generator)  # cpu: the batch moves as a whole below
+        u = torch.rand(batch, generator=generator)  # cpu: the batch moves as a whole below
         sigma = shift * u / (1 + (shift - 1) * u)
-        x = (1 - sigma.view(-1, 1, 1)) * x0 + sigma.view(-1, 1, 1) * eps
-        v = transformer(hidden_states=x, timestep=sigma, guidance=torch.full((batch,), guidance),
-                        pooled_projections=pooled[caption_idx], encoder_hidden_states=embeds[caption_idx],
+        x = ((1 - sigma.view(-1, 1, 1)) * x0 + sigma.view(-1, 1, 1) * eps).to(device)
+        v = transformer(hidden_states=x, timestep=sigma.to(device), guidance=torch.full((batch,), guidance, device=device),
+                        pooled_projections=pooled[caption_idx].to(device),
+                        encoder_hidden_states=embeds[caption_idx].to(device),
                         txt_ids=text_ids, img_ids=img_ids, return_dict=False)[0]
-        loss = F.mse_loss(v, eps - x0)
+        loss = F.mse_loss(v, (eps - x0).to(device))
         losses.append(step_on(loss))
         if step % 100 == 0:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
@@ -196,7 +204,7 @@ def build_tinyclip(cfg: dict, clip_tokenizer):
 
 
 def train_tinyclip(model, tokenizer, images: torch.Tensor, scenes: list[Scene], pcfg: dict,
-                   generator: torch.Generator) -> list[float]:
+                   generator: torch.Generator, device: torch.device = torch.device("cpu")) -> list[float]:
     """Symmetric InfoNCE over batches of distinct scenes, each with a random caption template."""
     steps, batch = pcfg["tinyclip_steps"], min(pcfg["batch_size"] * 2, len(scenes))
     model.train().requires_grad_(True)
@@ -205,13 +213,14 @@ def train_tinyclip(model, tokenizer, images: torch.Tensor, scenes: list[Scene], 
     losses = []
     bar = tqdm(range(steps), desc="pretrain tinyclip", unit="step")
     for step in bar:
-        idx = torch.randperm(len(scenes), generator=generator)[:batch]
-        templates = torch.randint(len(TEMPLATES), (batch,), generator=generator)
+        idx = torch.randperm(len(scenes), generator=generator)[:batch]  # cpu: scene choice
+        templates = torch.randint(len(TEMPLATES), (batch,), generator=generator)  # cpu: caption choice
         texts = [captions[i][t] for i, t in zip(idx.tolist(), templates.tolist())]
         tokens = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
-        pixels = (augment(images[idx], generator) - 0.5) / 0.5
-        out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels)
-        target = torch.arange(batch)
+        pixels = ((augment(images[idx], generator) - 0.5) / 0.5).to(device)
+        out = model(input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device),
+                    pixel_values=pixels)
+        target = torch.arange(batch, device=device)
         loss = (F.cross_entropy(out.logits_per_image, target) + F.cross_entropy(out.logits_per_text, target)) / 2
         value = step_on(loss)
         with torch.no_grad():
@@ -268,27 +277,33 @@ def run_pretrain(cfg: dict, out_dir) -> dict:
     generator = torch.Generator().manual_seed(pcfg["seed"])
     scenes = all_scenes()
     captions = [c for s in scenes for c in all_captions(s)]
-    caption_scene = torch.arange(len(scenes)).repeat_interleave(len(TEMPLATES))
+    caption_scene = torch.arange(len(scenes)).repeat_interleave(len(TEMPLATES))  # cpu: indexes the CPU data
     images = torch.stack([render(s, res) for s in scenes])
     started = time.perf_counter()
     with stage_run(cfg, "pretrain", {"seed": pcfg["seed"]}) as (mlflow, run):
         pipe = build_tiny_pipeline(cfg, captions)  # vocabulary: every tiny-world word
-        log.info("tiny world: %d scenes, %d captions, %d px", len(scenes), len(captions), res)
-        vae_losses = train_vae(pipe.vae, images, pcfg, generator)
-        latent_stats = standardize_latents(pipe.vae, images)
+        device = select_device(cfg)
+        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
+            module.to(device)
+        log.info("tiny world: %d scenes, %d captions, %d px, on %s", len(scenes), len(captions), res, device)
+        vae_losses = train_vae(pipe.vae, images, pcfg, generator, device)
+        latent_stats = standardize_latents(pipe.vae, images, device)
         with torch.no_grad():
-            recon = pipe.vae.decode(pipe.vae.encode(images[:256] * 2 - 1).latent_dist.mean).sample
-            vae_mse = float(F.mse_loss((recon / 2 + 0.5).clamp(0, 1), images[:256]))
-        latents = packed_latents(pipe, images)
-        embeds, pooled = encode_captions(pipe, captions, cfg["model"]["max_sequence_length"])
-        text_ids = torch.zeros(embeds.shape[1], 3)
+            recon = pipe.vae.decode(pipe.vae.encode(images[:256].to(device) * 2 - 1).latent_dist.mean).sample
+            vae_mse = float(F.mse_loss((recon.cpu() / 2 + 0.5).clamp(0, 1), images[:256]))
+        latents = packed_latents(pipe, images, device)
+        embeds, pooled = encode_captions(pipe, captions, cfg["model"]["max_sequence_length"], device=device)
+        text_ids = torch.zeros(embeds.shape[1], 3, device=device)
         hw = res // pipe.vae_scale_factor // 2
-        img_ids = pipe._prepare_latent_image_ids(1, hw, hw, "cpu", torch.float32)
-        flow_losses = train_transformer(pipe, latents, embeds, pooled, caption_scene, text_ids, img_ids, cfg, generator)
+        img_ids = pipe._prepare_latent_image_ids(1, hw, hw, device, torch.float32)
+        flow_losses = train_transformer(pipe, latents, embeds, pooled, caption_scene, text_ids, img_ids, cfg, generator,
+                                        device)
 
         clip_model, processor = build_tinyclip(cfg, pipe.tokenizer)
-        clip_losses = train_tinyclip(clip_model, pipe.tokenizer, images, scenes, pcfg, generator)
+        clip_model.to(device)
+        clip_losses = train_tinyclip(clip_model, pipe.tokenizer, images, scenes, pcfg, generator, device)
         train_s = time.perf_counter() - started
+        pipe.to("cpu"); clip_model.to("cpu")  # saved from the CPU; the checks below load them afresh
 
         with atomic_dir(out_dir / "tinyworld") as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
@@ -341,9 +356,9 @@ def tinyclip_retrieval(path, scenes: list[Scene], resolution: int, seed: int, n:
 
     scorer = CLIPScorer(str(path), None, scale_by_logit=False)
     generator = torch.Generator().manual_seed(seed + 1)
-    idx = torch.randperm(len(scenes), generator=generator)[:n].tolist()
+    idx = torch.randperm(len(scenes), generator=generator)[:n].tolist()  # cpu: scene choice
     images = augment(torch.stack([render(scenes[i], resolution) for i in idx]), generator)
-    image_emb = F.normalize(scorer.embed_images(images), dim=-1)
-    text_emb = F.normalize(scorer.embed_texts([all_captions(scenes[i])[0] for i in idx]), dim=-1)
-    top1 = float(((image_emb @ text_emb.T).argmax(1) == torch.arange(len(idx))).float().mean())
+    image_emb = F.normalize(scorer.embed_images(images), dim=-1).cpu()  # the scorer's device -> the CPU
+    text_emb = F.normalize(scorer.embed_texts([all_captions(scenes[i])[0] for i in idx]), dim=-1).cpu()
+    top1 = float(((image_emb @ text_emb.T).argmax(1) == torch.arange(len(idx))).float().mean())  # cpu: embeddings moved above
     return {"top1": top1, "chance": 1 / len(idx), "candidates": len(idx)}

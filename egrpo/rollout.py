@@ -115,7 +115,7 @@ def ode_lanes(velocity: Callable, lanes: list[tuple[torch.Tensor, list[int]]], c
     for t in range(ticks):
         active = [lane for lane, (_, grid) in enumerate(lanes) if t < len(grid) - 1]
         batch = torch.cat([xs[lane] for lane in active])
-        sigma = torch.cat([torch.full((xs[lane].shape[0],), float(sigmas[lanes[lane][1][t]])) for lane in active])
+        sigma = torch.cat([torch.full((xs[lane].shape[0],), float(sigmas[lanes[lane][1][t]])) for lane in active])  # cpu: FlowModel._forward moves timesteps
         step = max_batch or batch.shape[0]
         v = torch.cat([velocity(batch[i:i + step], sigma[i:i + step], cond) for i in range(0, batch.shape[0], step)])
         offset = 0

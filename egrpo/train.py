@@ -23,6 +23,7 @@ from tqdm import tqdm
 from egrpo import sde
 from egrpo.algorithms import build_algorithm
 from egrpo.algorithms.base import AdvantageRule
+from egrpo.device import peak_memory_gib, reset_peak_memory, select_device
 from egrpo.io import atomic_dir, atomic_write_json, atomic_write_text, load_prompts
 from egrpo.model import FlowModel, add_lora, load_pipeline, save_policy, trainable_state_dict
 from egrpo.rewards import RewardSetting
@@ -71,7 +72,7 @@ def score_groups(groups, model: FlowModel, setting: RewardSetting, prompts, adv_
     to_normalize = {"combined": (torch.where(valid, combined, nan), 1.0)} if rule.combination == "sum_then_normalize" \
         else {name: (torch.where(valid, scores, nan), setting.weights[name]) for name, scores in components.items()}
     global_std = {name: sde.batch_std(r, rule.unbiased) for name, (r, _) in to_normalize.items()} if rule.global_std else {}
-    advantages = [torch.zeros(g.finals[next(iter(g.finals))].shape[0]) for g in groups]
+    advantages = [torch.zeros(g.finals[next(iter(g.finals))].shape[0]) for g in groups]  # cpu: advantages live on the CPU; train_transition moves them
     offset, zero_std, nonfinite = 0, 0, 0
     for gi, label in keys:
         size = groups[gi].finals[label].shape[0]
@@ -110,7 +111,7 @@ class UpdateStats:
     pairs: int = 0
 
     def row(self) -> dict:
-        cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0)
+        cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0)  # cpu: statistics
         mean = lambda xs: float(cat(xs).mean()) if xs and cat(xs).numel() else math.nan
         return {
             "loss": sum(self.losses) / len(self.losses) if self.losses else math.nan,
@@ -144,7 +145,8 @@ class Trainer:
         self.plan = plan
         self.setting = RewardSetting(cfg["reward_settings"][reward_setting], cfg)
         # FLUX's last double block computes a text branch that no loss uses: DDP must allow that
-        self.accelerator = Accelerator(mixed_precision=self.tcfg["mixed_precision"], cpu=not torch.cuda.is_available(),
+        device = select_device(cfg)  # model.device: auto (this process's GPU, else the CPU), cpu, cuda[:N]
+        self.accelerator = Accelerator(mixed_precision=self.tcfg["mixed_precision"], cpu=device.type == "cpu",
                                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         torch.manual_seed(seed)
         # global (not the thread-local sdpa_kernel context): autograd runs the backward on its own thread
@@ -152,6 +154,8 @@ class Trainer:
         self.model = FlowModel(load_pipeline(cfg, model_dir), cfg, self.accelerator.device)
         self.model.round_timesteps = self.algo.timestep_rounding
         transformer = self.model.transformer
+        if self.tcfg["gradient_checkpointing"]:  # recompute block activations in the backward (FLUX scale)
+            transformer.enable_gradient_checkpointing()
         if self.tcfg["finetune"] == "lora":
             add_lora(transformer, self.tcfg["lora_rank"], self.tcfg["lora_alpha"])
         else:
@@ -219,20 +223,43 @@ class Trainer:
 
     # ---- one iteration: rollout -> score -> update ------------------------------------------------
     def iteration(self, it: int) -> dict:
+        """rollout -> score -> update; the row records each phase's seconds (and peak GiB on a GPU)."""
         start = time.perf_counter()
-        rollout = self.rollout(it)
-        scored = score_groups(rollout.groups, self.model, self.setting, self.prompts, self.tcfg["adv_clip_max"],
-                              self.algo.advantage)
+        phases = {}
+        with self.phase("rollout", phases):
+            rollout = self.rollout(it)
+        with self.phase("scoring", phases):
+            scored = score_groups(rollout.groups, self.model, self.setting, self.prompts, self.tcfg["adv_clip_max"],
+                                  self.algo.advantage)
         nfe0, ref0 = self.model.nfe, self.model.nfe_reference
-        stats = self.update(rollout, scored.advantages)
-        return self.log_row(it, rollout, scored, stats, self.model.nfe - nfe0, self.model.nfe_reference - ref0,
-                            time.perf_counter() - start)
+        with self.phase("training", phases):
+            stats = self.update(rollout, scored.advantages)
+        row = self.log_row(it, rollout, scored, stats, self.model.nfe - nfe0, self.model.nfe_reference - ref0,
+                           time.perf_counter() - start)
+        return {**row, **phases}
+
+    @contextlib.contextmanager
+    def phase(self, name: str, into: dict):
+        """Time one phase of an iteration into `into`: {name}_s, and {name}_peak_gib on a CUDA device
+        (the peak allocated memory of this phase alone)."""
+        device = self.model.device
+        reset_peak_memory(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        into[f"{name}_s"] = time.perf_counter() - start
+        peak = peak_memory_gib(device)
+        if peak is not None:
+            into[f"{name}_peak_gib"] = peak
 
     def rollout(self, it: int) -> Rollout:
         """Draw this iteration's prompts (a pure function of seed and iteration) and sample their groups."""
         model = self.model
         generator = iteration_generator(self.seed, it)
-        drawn = torch.randint(len(self.prompts), (self.tcfg["prompts_per_iteration"] * self.world,), generator=generator)
+        drawn = torch.randint(len(self.prompts), (self.tcfg["prompts_per_iteration"] * self.world,), generator=generator)  # cpu: prompt indices from the CPU generator
         prompt_ids = drawn[self.rank::self.world].tolist()  # each process rolls out its share of the prompts
         if self.world > 1:  # and draws its own noises
             generator = torch.Generator().manual_seed(iteration_generator(self.seed, it).initial_seed() * 64 + self.rank)

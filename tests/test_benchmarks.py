@@ -87,3 +87,16 @@ def test_memory_benchmark_one_iteration():
     out = run("benchmarks/memory.py", "--iterations", "1")
     ratio = float(next(l for l in out.splitlines() if l.startswith("RESULT peak_rss_over_state")).split()[-1])
     assert ratio > 1   # a process holds more than its weights, gradients and AdamW moments
+
+
+def test_gpu_e2e_smoke_runs_every_algorithm_through_the_trainer():
+    """benchmarks/gpu_e2e.py at toy shapes on the CPU (its Snakemake part is covered by test_dag):
+    one iteration of each algorithm with paper.yaml's recipe, a row per algorithm with each phase's time."""
+    out = run("benchmarks/gpu_e2e.py", "--smoke", "--parts", "flux")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "algorithm" not in line]
+    assert [r[0].strip() for r in rows] == ["egrpo", "dancegrpo", "mixgrpo", "flowgrpo"]
+    for r in rows:
+        rollout_nfe, train_nfe = (int(v) for v in r[5].split("/"))
+        assert rollout_nfe > 0 and train_nfe > 0 and float(r[1]) > 0
+    assert "gpu_e2e: all parts passed" in out
+    assert "no CUDA device" in run("benchmarks/gpu_e2e.py")  # without --smoke it needs a GPU, and says so

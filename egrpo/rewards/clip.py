@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from egrpo.device import select_device
 from egrpo.errors import UserError
 
 
@@ -24,7 +25,10 @@ def _settings(cfg: dict, name: str) -> dict:
     return settings
 
 
-def _device() -> torch.device:
+def _device(device: torch.device | str | None) -> torch.device:
+    """The scorer's device: the one given (the stage's model.device choice), else a GPU when there is one."""
+    if device is not None:
+        return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -48,7 +52,7 @@ class CLIPScorer:
     """
 
     def __init__(self, path: str, processor_path: str | None, scale_by_logit: bool, precision: str = "float32",
-                 rules: str = "processor"):
+                 rules: str = "processor", device: torch.device | str | None = None):
         from transformers import CLIPModel, CLIPProcessor
 
         try:
@@ -56,7 +60,7 @@ class CLIPScorer:
             self.processor = CLIPProcessor.from_pretrained(processor_path or path, local_files_only=True)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load a CLIP model from {path}: {str(e).splitlines()[0]}") from None
-        self.device = _device()
+        self.device = _device(device)
         self.model.to(self.device).eval().requires_grad_(False)
         self.scale_by_logit, self.precision, self.rules = scale_by_logit, precision, rules
 
@@ -110,18 +114,21 @@ def clip_score(cfg: dict):
     precision = reward_precision("clip", s)
     if Path(s["path"]).is_file():
         from egrpo.rewards.openclip import OpenCLIPScorer
-        return OpenCLIPScorer(s["path"], s.get("processor"), s.get("arch") or "ViT-H-14", precision, letterbox=False)
-    return CLIPScorer(s["path"], s.get("processor"), scale_by_logit=False, precision=precision, rules="open_clip")
+        return OpenCLIPScorer(s["path"], s.get("processor"), s.get("arch") or "ViT-H-14", precision, letterbox=False,
+                              device=select_device(cfg))
+    return CLIPScorer(s["path"], s.get("processor"), scale_by_logit=False, precision=precision, rules="open_clip",
+                      device=select_device(cfg))
 
 
 def pickscore(cfg: dict):
     from egrpo.rewards import reward_precision
 
     s = _settings(cfg, "pickscore")
-    return CLIPScorer(s["path"], s.get("processor"), scale_by_logit=True, precision=reward_precision("pickscore", s))
+    return CLIPScorer(s["path"], s.get("processor"), scale_by_logit=True, precision=reward_precision("pickscore", s),
+                      device=select_device(cfg))
 
 
 def tinyclip(cfg: dict):
     """The tiny world's learned reward (shipped in models/tinyclip; `egrpo pretrain` rebuilds it)."""
     s = _settings(cfg, "tinyclip")
-    return CLIPScorer(s["path"], s.get("processor"), scale_by_logit=False)
+    return CLIPScorer(s["path"], s.get("processor"), scale_by_logit=False, device=select_device(cfg))

@@ -126,7 +126,7 @@ def load_imagereward(path: str | Path, arch: str | dict = "ImageReward-v1.0"):
 
 class ImageRewardScorer:
     def __init__(self, path: str, tokenizer_path: str | None, arch: str | dict = "ImageReward-v1.0",
-                 precision: str = "float32"):
+                 precision: str = "float32", device: torch.device | str | None = None):
         from transformers import BertTokenizer
 
         self.vision, self.text, self.mlp = load_imagereward(path, arch)
@@ -140,7 +140,7 @@ class ImageRewardScorer:
         self.tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
         from egrpo.rewards.clip import WEIGHTS_DTYPE, _device
 
-        self.device = _device()
+        self.device = _device(device)
         self.precision, self.dtype = precision, WEIGHTS_DTYPE[precision]
         for module in (self.vision, self.text, self.mlp):
             module.to(self.device, self.dtype)
@@ -172,10 +172,10 @@ class ImageRewardScorer:
 
 
 def imagereward(cfg: dict):
-    from egrpo.rewards.clip import _settings
-
+    from egrpo.device import select_device
     from egrpo.rewards import reward_precision
+    from egrpo.rewards.clip import _settings
 
     s = _settings(cfg, "imagereward")
     return ImageRewardScorer(s["path"], s.get("processor"), s.get("arch") or "ImageReward-v1.0",
-                             reward_precision("imagereward", s))
+                             reward_precision("imagereward", s), device=select_device(cfg))

@@ -144,7 +144,7 @@ def load_openclip_as_clipmodel(path: str | Path, arch: str | dict = "ViT-H-14", 
     for name, buffer in model.named_buffers():  # position ids are not in the checkpoint
         if buffer.is_meta:
             module = model.get_submodule(name.rsplit(".", 1)[0])
-            setattr(module, name.rsplit(".", 1)[1], torch.arange(buffer.shape[-1]).expand(buffer.shape).clone())
+            setattr(module, name.rsplit(".", 1)[1], torch.arange(buffer.shape[-1]).expand(buffer.shape).clone())  # cpu: before the model moves
     return model.to(dtype).eval().requires_grad_(False)
 
 
@@ -156,13 +156,13 @@ class OpenCLIPScorer:
     """
 
     def __init__(self, path: str, tokenizer_path: str | None, arch: str | dict = "ViT-H-14",
-                 precision: str = "float32", letterbox: bool = True):
+                 precision: str = "float32", letterbox: bool = True, device: torch.device | str | None = None):
         from transformers import CLIPTokenizer
 
         from egrpo.rewards.clip import WEIGHTS_DTYPE, _device
 
         self.model = load_openclip_as_clipmodel(path, arch, WEIGHTS_DTYPE[precision])
-        self.device = _device()
+        self.device = _device(device)
         self.model.to(self.device)
         if not tokenizer_path:
             raise UserError(f"{path}: an OpenCLIP reward needs `processor`: a directory (or cached Hub id) with "
@@ -199,10 +199,10 @@ class OpenCLIPScorer:
 
 def hps(cfg: dict):
     """HPS v2.1: the HPS checkpoint (HPS_v2.1_compressed.pt, OpenCLIP ViT-H-14) as a cosine score."""
-    from egrpo.rewards.clip import _settings
-
+    from egrpo.device import select_device
     from egrpo.rewards import reward_precision
+    from egrpo.rewards.clip import _settings
 
     s = _settings(cfg, "hps")
     return OpenCLIPScorer(s["path"], s.get("processor"), s.get("arch") or "ViT-H-14", reward_precision("hps", s),
-                          letterbox=True)
+                          letterbox=True, device=select_device(cfg))

@@ -93,7 +93,7 @@ def short_side_center_crop(pixels: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)  # cpu: pixels are prepared on the CPU
 
 
 def openclip_clean(text: str) -> str:
@@ -108,12 +108,12 @@ def openclip_tokenize(tokenizer, prompts: list[str], context: int) -> torch.Tens
     """open_clip's `tokenize` with a transformers CLIP BPE tokenizer (same vocabulary and merges):
     [sot] + BPE(cleaned prompt) + [eot], truncated to `context` with eot last, zero padded."""
     sot, eot = tokenizer.bos_token_id, tokenizer.eos_token_id
-    out = torch.zeros(len(prompts), context, dtype=torch.long)
+    out = torch.zeros(len(prompts), context, dtype=torch.long)  # cpu: token ids, moved by the scorer
     for i, prompt in enumerate(prompts):
         # open_clip truncates [sot] + bpe + [eot] to `context` and sets the last to eot: the first
         # context - 2 BPE tokens survive, which is what truncating the BPE tokens first gives
         bpe = tokenizer(openclip_clean(prompt), add_special_tokens=False, truncation=True,
                         max_length=context - 2)["input_ids"]
         ids = [sot] + bpe + [eot]
-        out[i, :len(ids)] = torch.tensor(ids)
+        out[i, :len(ids)] = torch.tensor(ids)  # cpu: token ids
     return out

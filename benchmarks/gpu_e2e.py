@@ -1,0 +1,260 @@
+"""End to end on a GPU: the tiny DAG through the real CLI, then one FLUX.1-dev-shaped iteration per algorithm.
+
+    python benchmarks/gpu_e2e.py                      # on a CUDA machine; one call of <= 9 minutes
+    python benchmarks/gpu_e2e.py --algorithms egrpo dancegrpo --resolution 720
+    python benchmarks/gpu_e2e.py --smoke              # anywhere: the same code at toy shapes on the CPU
+
+Part 1 (`dag`): Snakemake runs the micro DAG (build-model -> profile -> threshold -> train ->
+evaluate -> report; tests/data/micro.yaml) with `model.device: cuda` forced, so every stage that runs
+a model must run it on the GPU (a stage that cannot fails the DAG); train's metrics.json must say cuda.
+
+Part 2 (`flux`): a FluxPipeline with FLUX.1-dev's shapes and random bf16 weights (transformer
+benchmarks/flux_transformer_config.json, 11.9 B; T5-XXL encoder, 4.7 B; CLIP-L text; FLUX's VAE),
+nothing downloaded, and a random CLIP ViT-H-14 (HPS v2.1's shape) as the reward. The real `Trainer`
+runs one iteration of each algorithm with config/paper.yaml's recipe on one GPU: LoRA (rank 32),
+gradient checkpointing, text encoders offloaded to the CPU, VAE decoding 8 images a call. Printed
+per algorithm and phase (rollout, scoring, training): seconds and peak allocated GiB, and the
+seconds per rollout NFE and per training NFE. Exit status 1 if any phase peaks above --max-gib
+(70 by default, the issue's target on an 80 GB card) or anything fails.
+
+--smoke runs both parts on the CPU at toy shapes (tests/test_benchmarks.py runs it): it checks the
+code path, not the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ALGORITHMS = ("egrpo", "dancegrpo", "mixgrpo", "flowgrpo")
+# FLUX.1-dev's components other than the transformer (their published configs)
+T5_XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, feed_forward_proj="gated-gelu",
+              is_gated_act=True, dense_act_fn="gelu_new")
+CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+              max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
+FLUX_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[128, 256, 512, 512],
+                down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                layers_per_block=2, norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159,
+                use_quant_conv=False, use_post_quant_conv=False)
+VIT_H_14 = dict(vision=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                            patch_size=14, image_size=224, hidden_act="gelu"),
+                text=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                          max_position_embeddings=77, hidden_act="gelu"),
+                projection_dim=1024)
+# toy shapes for --smoke
+TOY_TRANSFORMER = {"attention_head_dim": 16, "axes_dims_rope": [4, 6, 6], "guidance_embeds": True, "in_channels": 16,
+                   "joint_attention_dim": 32, "num_attention_heads": 2, "num_layers": 1, "num_single_layers": 1,
+                   "patch_size": 1, "pooled_projection_dim": 32}
+TOY_T5 = dict(d_model=32, d_ff=64, d_kv=16, num_heads=2, num_layers=1)
+TOY_CLIP_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     max_position_embeddings=77, projection_dim=32)
+TOY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 8],
+               down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+               layers_per_block=1, norm_num_groups=4, scaling_factor=1.0, shift_factor=0.0)
+TOY_VIT = dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           patch_size=8, image_size=32),
+               text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         max_position_embeddings=77),
+               projection_dim=32)
+
+
+# ---- part 1: the micro DAG through Snakemake, every model on the GPU ---------------------------------
+
+def run_dag(device: str, work: Path) -> dict:
+    """Snakemake on tests/data/micro.yaml with model.device forced; returns what train recorded."""
+    cfg = yaml.safe_load((ROOT / "tests/data/micro.yaml").read_text())
+    for key in ("train", "eval"):
+        cfg["prompts"][key] = str(ROOT / cfg["prompts"][key])
+    cfg["model"]["device"] = device
+    cfg["mlflow"] = {"tracking_uri": f"sqlite:///{work}/mlflow.db"}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work),
+                           "--configfile", str(work / "config.yaml"), "--cores", "4", "--quiet", "all"],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
+        raise SystemExit(f"gpu_e2e: the micro DAG failed on {device} (exit {proc.returncode})")
+    metrics = sorted((work / "results").glob("*/train/*/*/*/metrics.json"))
+    devices = {json.loads(m.read_text())["device"] for m in metrics}
+    if devices != {torch.device(device).type}:
+        raise SystemExit(f"gpu_e2e: train ran on {devices}, expected {device}")
+    return {"wall_s": wall, "train_runs": len(metrics), "device": device}
+
+
+# ---- part 2: FLUX.1-dev-shaped iterations through the real Trainer -----------------------------------
+
+def _tokenizers(words: list[str], t5_length: int):
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    from egrpo.model import _words, bpe_vocabulary
+
+    vocab, merges = bpe_vocabulary(_words(words))
+    clip_tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("▁" + w, -1.0) for w in _words(words)]
+    pieces += [("▁", -4.0)] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    return clip_tok, T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=t5_length)
+
+
+def flux_shaped_pipeline(smoke: bool, device: torch.device, words: list[str]):
+    """A FluxPipeline of FLUX.1-dev's classes and shapes (toy shapes with smoke), random weights built
+    directly on `device` in the model dtype (bf16 on a GPU: 24 GB for the transformer, no fp32 copy)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    dtype = torch.float32 if smoke else torch.bfloat16
+    clip_tok, t5_tok = _tokenizers(words, 64 if smoke else 512)
+    tcfg = TOY_TRANSFORMER if smoke else {k: v for k, v in json.loads(
+        (ROOT / "benchmarks/flux_transformer_config.json").read_text()).items() if not k.startswith("_")}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            transformer = FluxTransformer2DModel(**tcfg)
+            t5 = T5EncoderModel(T5Config(vocab_size=32128, pad_token_id=0, eos_token_id=1, **(TOY_T5 if smoke else T5_XXL)))
+        clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, bos_token_id=clip_tok.bos_token_id,
+                                            eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.eos_token_id,
+                                            **(TOY_CLIP_TEXT if smoke else CLIP_L)))
+        vae = AutoencoderKL(**(TOY_VAE if smoke else FLUX_VAE))
+    finally:
+        torch.set_default_dtype(previous)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5,
+                        tokenizer_2=t5_tok, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_random_clip_reward(smoke: bool, out: Path, words: list[str]) -> Path:
+    """A random CLIPModel of HPS v2.1's shape (ViT-H-14) with a processor, saved for the clip reward."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    shape = TOY_VIT if smoke else VIT_H_14
+    clip_tok, _ = _tokenizers(words, 77)
+    config = CLIPConfig(text_config={"vocab_size": 49408, "bos_token_id": clip_tok.bos_token_id,
+                                     "eos_token_id": clip_tok.eos_token_id, "pad_token_id": clip_tok.eos_token_id,
+                                     **shape["text"]},
+                        vision_config=shape["vision"], projection_dim=shape["projection_dim"])
+    CLIPModel(config).save_pretrained(out, safe_serialization=True)
+    size = shape["vision"]["image_size"]
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": size},
+                                                     crop_size={"height": size, "width": size}),
+                  tokenizer=clip_tok).save_pretrained(out)
+    return out
+
+
+def paper_config(smoke: bool, work: Path, resolution: int, group_size: int, reward_dir: Path) -> dict:
+    """config/paper.yaml, run on one GPU: LoRA instead of full fine-tuning (see config/paper.yaml)."""
+    from egrpo.config import load, validate
+
+    cfg = load(ROOT / "config/paper.yaml")
+    for key in ("train", "eval"):
+        cfg["prompts"][key] = str(ROOT / cfg["prompts"][key])
+    cfg["mlflow"] = {"tracking_uri": f"sqlite:///{work}/mlflow.db"}
+    cfg["model"].update(path="(random weights, built in memory)", device="auto")
+    cfg["reward_models"] = {"clip": {"path": str(reward_dir)}}
+    cfg["reward_settings"] = {"shape": {"clip": 1.0}}
+    cfg["evaluate"]["metrics"] = ["clip"]
+    cfg["sampling"].update(resolution=resolution, group_size=group_size)
+    cfg["train"].update(iterations=1, prompts_per_iteration=1, finetune="lora", lora_rank=32, lora_alpha=32,
+                        checkpoint_every=1000, heldout={"every": None, "every_forward_equivalents": None})
+    if smoke:
+        cfg["model"].update(dtype="float32", max_sequence_length=64, device="cpu")
+        cfg["train"]["mixed_precision"] = "no"
+    return validate(cfg)
+
+
+def run_flux(args, work: Path) -> list[dict]:
+    import egrpo.train
+    from egrpo.io import load_prompts
+    from egrpo.threshold import make_plan
+
+    device = torch.device("cpu") if args.smoke else torch.device("cuda")
+    words = [p.text for p in load_prompts(str(ROOT / "config/prompts/train.txt"), "prompts.train")]
+    work.mkdir(parents=True, exist_ok=True)
+    reward_dir = save_random_clip_reward(args.smoke, work / "reward", words)
+    cfg = paper_config(args.smoke, work, args.resolution, args.group_size, reward_dir)
+    (work / "plan.json").write_text(json.dumps(make_plan(cfg, None)))
+    rows = []
+    for algorithm in args.algorithms:
+        start = time.perf_counter()
+        pipe = flux_shaped_pipeline(args.smoke, device, words)
+        egrpo.train.load_pipeline = lambda cfg, model_dir=None, pipe=pipe: pipe  # the random pipeline, not a path
+        trainer = egrpo.train.Trainer(cfg, algorithm, "shape", 0, None, str(work / "plan.json"),
+                                      work / "out" / algorithm, work / "resume" / algorithm)
+        setup_s = time.perf_counter() - start
+        row = trainer.iteration(0)
+        rows.append({"algorithm": algorithm, "setup_s": setup_s, **row})
+        print(format_row(rows[-1]), flush=True)
+        del trainer, pipe
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def format_row(r: dict) -> str:
+    peak = lambda p: f"{r[f'{p}_peak_gib']:.1f} GiB" if f"{p}_peak_gib" in r else "-"
+    per = lambda s, n: f"{s / n:.3f}" if n else "-"
+    return (f"| {r['algorithm']} | {r['iteration_s']:.1f} | {r['rollout_s']:.1f} ({peak('rollout')}) | "
+            f"{r['scoring_s']:.1f} ({peak('scoring')}) | {r['training_s']:.1f} ({peak('training')}) | "
+            f"{r['nfe_rollout']} / {r['nfe_train']} | {per(r['rollout_s'], r['nfe_rollout'])} | "
+            f"{per(r['training_s'], r['nfe_train'])} |")
+
+
+HEADER = ("| algorithm | iteration s | rollout s (peak) | scoring s (peak) | training s (peak) | NFE rollout / train "
+          "| s / rollout NFE | s / training NFE |\n|---|---|---|---|---|---|---|---|")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="toy shapes on the CPU (checks the code path)")
+    parser.add_argument("--parts", nargs="+", choices=["dag", "flux"], default=["dag", "flux"])
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
+    parser.add_argument("--resolution", type=int, default=None, help="default 720 (paper), 32 with --smoke")
+    parser.add_argument("--group-size", type=int, default=None, help="default 12 (paper), 2 with --smoke")
+    parser.add_argument("--max-gib", type=float, default=70.0, help="fail if a phase peaks above this")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    args.resolution = args.resolution or (32 if args.smoke else 720)
+    args.group_size = args.group_size or (2 if args.smoke else 12)
+    if not args.smoke and not torch.cuda.is_available():
+        print("gpu_e2e: no CUDA device; run with --smoke to check the code path on the CPU")
+        return
+    work = Path(tempfile.mkdtemp(prefix="egrpo-gpu-e2e-"))
+    os.environ.setdefault("MLFLOW_ARTIFACT_LOCATION", str(work / "mlruns"))
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "CPU (smoke)"
+    print(f"gpu_e2e on {card}, torch {torch.__version__}, work dir {work}", flush=True)
+    try:
+        if "dag" in args.parts:
+            dag = run_dag("cpu" if args.smoke else "cuda", work / "dag")
+            print(f"part 1: micro DAG on {dag['device']}: {dag['train_runs']} train runs, {dag['wall_s']:.0f} s", flush=True)
+        if "flux" in args.parts:
+            print(f"part 2: one iteration per algorithm, {args.resolution} px, G = {args.group_size}\n{HEADER}", flush=True)
+            rows = run_flux(args, work / "flux")
+            peaks = {(r["algorithm"], p): r[f"{p}_peak_gib"] for r in rows for p in ("rollout", "scoring", "training")
+                     if f"{p}_peak_gib" in r}
+            over = {k: v for k, v in peaks.items() if v > args.max_gib}
+            if over:
+                raise SystemExit(f"gpu_e2e: peak memory above {args.max_gib} GiB: {over}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print("gpu_e2e: all parts passed", flush=True)
+
+
+if __name__ == "__main__":
+    main()
