@@ -22,6 +22,13 @@ judged on what the model does:
                               reported as mean and std over seeds, beside the same
                               fraction in wall-clock seconds. Target: <= claims.target_fraction.
                               A seed that never reaches its target counts as missing (listed).
+                              Headline: the median over ALL seeds (never = +inf, i.e. beyond the
+                              budget) with a 95% percentile bootstrap interval: seeds resampled with
+                              replacement, `bootstrap_resamples` times, fixed generator; an upper end
+                              of +inf reads "beyond the budget".
+  heldout curves              per algorithm, the mean +- standard error over seeds of the held-out
+                              value at each multiple of train.heldout.every_forward_equivalents
+                              (linear interpolation along each run's curve), beside the base model.
 Thresholds come from the config's `claims:` section; every number is written, held or not.
 """
 from __future__ import annotations
@@ -171,6 +178,39 @@ def comparison_claims(curves: pd.DataFrame, c: dict) -> dict:
     return out
 
 
+def bootstrap_interval(values: list[float], statistic=np.median, resamples: int = 10000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic` over `values` (seeds resampled with replacement).
+
+    For n values, draws `resamples` index sets uniformly from {0..n-1}^n with a fixed generator, takes
+    the statistic of each, and returns its (1-level)/2 and (1+level)/2 quantiles ("lower" and
+    "higher" order statistics, so +inf entries give +inf, never nan)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
+    stats = np.sort(statistic(x[idx], axis=1))
+    lo = stats[int(math.floor((1 - level) / 2 * (resamples - 1)))]
+    hi = stats[int(math.ceil((1 + level) / 2 * (resamples - 1)))]
+    return float(lo), float(hi)
+
+
+def curve_table(curves: pd.DataFrame, every: float | None, budget: float) -> pd.DataFrame:
+    """Mean and standard error over seeds of each algorithm's held-out value at 0, every, 2*every, ...
+    up to the budget (linear interpolation along each run's curve)."""
+    if not every:
+        every = budget / 10
+    grid = np.arange(0, budget + 1e-9, every)
+    rows = []
+    for algorithm, g in curves.groupby("algorithm"):
+        ys = np.array([np.interp(grid, r.sort_values("iteration")["forward_equivalents"],
+                                 r.sort_values("iteration")["value"]) for _, r in g.groupby("seed")])
+        se = ys.std(0, ddof=1) / math.sqrt(len(ys)) if len(ys) > 1 else np.full(len(grid), math.nan)
+        rows += [{"algorithm": algorithm, "forward_equivalents": float(x), "mean": float(m), "se": float(e),
+                  "seeds": len(ys)} for x, m, e in zip(grid, ys.mean(0), se)]
+    return pd.DataFrame(rows)
+
+
 def match_fraction(curves: pd.DataFrame, final: pd.DataFrame, c: dict) -> dict:
     per_seed, missing = {}, []
     for seed in sorted(set(final.loc["egrpo"].index) & set(final.loc["dancegrpo"].index)):
@@ -189,8 +229,13 @@ def match_fraction(curves: pd.DataFrame, final: pd.DataFrame, c: dict) -> dict:
     walls = [v["wall_clock_fraction"] for v in per_seed.values()]
     mean = float(np.mean(fractions)) if fractions else None
     # a seed that never reaches the target needs more than the budget: +inf in the median
-    median = float(np.median(fractions + [math.inf] * len(missing))) if fractions or missing else None
+    everything = fractions + [math.inf] * len(missing)
+    median = float(np.median(everything)) if everything else None
+    lo, hi = bootstrap_interval(everything, np.median, c.get("bootstrap_resamples", 10000))
     return {
+        "median_ci95": [lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None] if everything else None,
+        "ci_rule": "95% percentile bootstrap over seeds of the median over all seeds (never reaching = +inf; "
+                   "None = beyond the budget)",
         "mean": mean, "std": float(np.std(fractions)) if fractions else None,
         "mean_over": "the seeds that reach the target", "seeds": len(per_seed) + len(missing),
         "median_all_seeds": median if median is None or math.isfinite(median) else None,
@@ -277,6 +322,12 @@ def render_markdown(result: dict, metric: str) -> str:
                          f"| diff > 2 SE, >= {c['min_seeds']} seeds | {v['verdict']} |")
     f = result.get("nfe_fraction_to_match_dancegrpo")
     if f:
+        fmt = lambda v: "> 1 (beyond the budget)" if v is None else f"{v:.2f}"
+        if f.get("median_ci95"):
+            lo, hi = f["median_ci95"]
+            lines.append(f"| nfe_fraction_to_match_dancegrpo, median over all {f['seeds']} seeds | "
+                         f"{fmt(f['median_all_seeds'])}, 95% bootstrap interval [{fmt(lo)}, {fmt(hi)}] | "
+                         f"<= {f['target']} | {_verdict(f['held'])} |")
         reached = f["seeds"] - len(f["seeds_not_reaching_target"])
         measured = ("not reached" if f["mean"] is None else
                     f"{f['mean']:.2f} ± {f['std']:.2f} of DanceGRPO's forward-equivalents "
@@ -291,6 +342,18 @@ def render_markdown(result: dict, metric: str) -> str:
               "| algorithm | held-out | forward-equivalents | wall-clock [s] |", "|---|---|---|---|"]
     for a, v in result.get("final_heldout", {}).items():
         lines.append(f"| {a} | {v['mean']:.4f} ± {v['std']:.4f} | {v['forward_equivalents']:.0f} | {v['wall_s']:.0f} |")
+    table = result.get("heldout_curve_table")
+    if table:
+        t = pd.DataFrame(table)
+        algorithms = list(dict.fromkeys(t["algorithm"]))
+        lines += ["", f"## Held-out {metric} along the budget (mean ± standard error over seeds; 0 = the base model)", "",
+                  "| forward-equivalents | " + " | ".join(algorithms) + " |", "|---" * (len(algorithms) + 1) + "|"]
+        for fe, g in t.groupby("forward_equivalents", sort=True):
+            cells = {r["algorithm"]: f"{r['mean']:.4f} ± {r['se']:.4f}" for _, r in g.iterrows()}
+            lines.append(f"| {fe:.0f} | " + " | ".join(cells.get(a, "") for a in algorithms) + " |")
+        best = max(algorithms, key=lambda a: t[t["algorithm"] == a]["mean"].iloc[-1])
+        gain = t[t["algorithm"] == best]["mean"].iloc[-1] - t[t["algorithm"] == best]["mean"].iloc[0]
+        lines += ["", f"Best gain over the base at the budget: {best} {gain:+.4f}."]
     lines += ["", f"Base model held-out {metric}: {result.get('base_heldout', math.nan):.4f}.", "",
               "## Tuning budget", "", c["tuning_note"].strip(), ""]
     return "\n".join(lines)
@@ -312,6 +375,9 @@ def run_claims(cfg: dict, profile_csv, merged_csv, train_metrics: list, pretrain
         result["base_model"] = json.loads(Path(pretrain_json).read_text()).get("base_model")
     result.update(profile_claims(profile, merged, c))
     result.update(comparison_claims(curves, c))
+    every = cfg["train"]["heldout"]["every_forward_equivalents"]
+    if result.get("budget_forward_equivalents"):
+        result["heldout_curve_table"] = curve_table(curves, every, result["budget_forward_equivalents"]).to_dict("records")
     with stage_run(cfg, "claims", {"heldout_metric": metric}) as (mlflow, run):
         result["mlflow_run_id"] = run.info.run_id
         atomic_write_json(out_dir / "claims.json", result)

@@ -146,3 +146,43 @@ def test_a_difference_within_noise_is_inconclusive_and_a_clear_loss_does_not_hol
     assert dance["mean_difference"] == pytest.approx(0.02 / 3) and dance["verdict"] == "inconclusive"
     assert dance["held"] is None and dance["seeds_won"] == 2
     assert out["egrpo_beats_mixgrpo"]["verdict"] == "did not hold"
+
+
+def test_bootstrap_interval_against_closed_forms():
+    from egrpo.claims import bootstrap_interval
+
+    # one value: every resample is that value
+    assert bootstrap_interval([0.4, 0.4, 0.4]) == (0.4, 0.4)
+    # two values a < b: a resample's median is a (p 1/4), (a+b)/2 (p 1/2) or b (p 1/4): the 2.5% and
+    # 97.5% quantiles are a and b
+    assert bootstrap_interval([0.2, 0.6]) == (0.2, 0.6)
+    # the mean of n normal draws: the interval is about mean +- 1.96 sd / sqrt(n)
+    x = np.random.default_rng(1).normal(0, 1, 400)
+    lo, hi = bootstrap_interval(x, np.mean)
+    assert lo < x.mean() < hi
+    assert hi - lo == pytest.approx(2 * 1.96 * x.std(ddof=1) / np.sqrt(len(x)), rel=0.1)
+    # a seed that never reaches the target (inf) puts the upper end beyond the budget, not at nan
+    lo, hi = bootstrap_interval([0.5, np.inf, np.inf])
+    assert lo == 0.5 and hi == np.inf
+    # fixed generator: the same interval twice
+    assert bootstrap_interval(x, np.mean) == bootstrap_interval(x, np.mean)
+
+
+def test_headline_interval_and_curve_table(tmp_path):
+    from egrpo.claims import comparison_claims, curve_table
+
+    metrics = [curve_metrics("dancegrpo", s, 1000, [0.3, 0.6]) for s in range(4)]
+    metrics += [curve_metrics("egrpo", s, 1000, [0.3, 0.7 if s else 0.5]) for s in range(4)]
+    curves = heldout_curves(metrics, "alignment")
+    f = comparison_claims(curves, CLAIMS)["nfe_fraction_to_match_dancegrpo"]
+    # per seed: never (inf), 0.75, 0.75, 0.75 -> median 0.75; resamples with 2+ never-seeds reach inf
+    assert f["median_all_seeds"] == pytest.approx(0.75)
+    assert f["median_ci95"][0] == pytest.approx(0.75) and f["median_ci95"][1] is None
+    table = curve_table(curves, 500, 1000)
+    e = table[table["algorithm"] == "egrpo"].set_index("forward_equivalents")
+    assert list(e.index) == [0, 500, 1000]
+    assert e.loc[0, "mean"] == pytest.approx(0.3) and e.loc[0, "se"] == pytest.approx(0.0)
+    # at 1000: 0.5, 0.7, 0.7, 0.7 -> mean 0.65, se = std(ddof=1) / 2
+    assert e.loc[1000, "mean"] == pytest.approx(0.65)
+    assert e.loc[1000, "se"] == pytest.approx(np.std([0.5, 0.7, 0.7, 0.7], ddof=1) / 2)
+    assert e.loc[500, "mean"] == pytest.approx(0.3 + 0.5 * 0.35)
