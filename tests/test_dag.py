@@ -186,6 +186,10 @@ def test_claims_dag_pretrains_then_writes_claims(tmp_path):
     assert claims["merged_steps_raise_spread"]["pairs"] == 3  # steps 0, 1, 2 with k = 2 (N = 4)
     assert sorted(claims["final_heldout"]["egrpo"]["per_seed"]) == ["0", "1", "2"]
     assert "nfe_fraction_to_match_dancegrpo" in (r / "report/claims.md").read_text()
+    assert "median_ci95" in claims["nfe_fraction_to_match_dancegrpo"]
+    table = {(row["algorithm"], row["forward_equivalents"]) for row in claims["heldout_curve_table"]}
+    assert {a for a, _ in table} == {"egrpo", "dancegrpo"} and ("egrpo", 0.0) in table
+    assert "Held-out alignment along the budget" in (r / "report/claims.md").read_text()
     assert (r / "report/claims.png").stat().st_size > 10_000
     merged = (r / "profile/entropy_merged.csv").read_text().splitlines()
     assert merged[0].startswith("length,step") and len(merged) == 4
