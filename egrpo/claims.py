@@ -254,10 +254,11 @@ def plot_claims(curves: pd.DataFrame, profile: pd.DataFrame, merged: pd.DataFram
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
     colors = {"egrpo": "#d62728", "dancegrpo": "#1f77b4", "mixgrpo": "#2ca02c", "flowgrpo": "#9467bd"}
     for algorithm, g in curves.groupby("algorithm"):
-        # per seed curves live on their own x grids: interpolate onto a common one for the band
-        grid = np.linspace(0, g["forward_equivalents"].max(), 60)
-        ys = np.array([np.interp(grid, s.sort_values("iteration")["forward_equivalents"], s.sort_values("iteration")["value"],
-                                 right=np.nan) for _, s in g.groupby("seed")])
+        # per seed curves live on their own x grids: interpolate onto a common one for the band, up
+        # to the shortest run's end (beyond it the mean would jump to the few longer runs)
+        grid = np.linspace(0, g.groupby("seed")["forward_equivalents"].max().min(), 60)
+        ys = np.array([np.interp(grid, s.sort_values("iteration")["forward_equivalents"], s.sort_values("iteration")["value"])
+                       for _, s in g.groupby("seed")])
         mean, std = np.nanmean(ys, 0), np.nanstd(ys, 0)
         color = colors.get(algorithm, None)
         ax.plot(grid, mean, color=color, label=f"{algorithm} (n={len(ys)} seeds)")
