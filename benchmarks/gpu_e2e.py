@@ -99,15 +99,12 @@ def run_dag(device: str, work: Path) -> dict:
 # ---- part 2: FLUX.1-dev-shaped iterations through the real Trainer -----------------------------------
 
 def _tokenizers(words: list[str], t5_length: int):
-    from transformers import CLIPTokenizer, T5TokenizerFast
+    """The tiny world's offline tokenizers with FLUX's lengths: CLIP 77 tokens, T5 `t5_length`."""
+    from egrpo.model import build_tokenizers
 
-    from egrpo.model import _words, bpe_vocabulary
-
-    vocab, merges = bpe_vocabulary(_words(words))
-    clip_tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("▁" + w, -1.0) for w in _words(words)]
-    pieces += [("▁", -4.0)] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
-    return clip_tok, T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=t5_length)
+    clip_tok, t5_tok = build_tokenizers(words, t5_length)
+    clip_tok.model_max_length = 77
+    return clip_tok, t5_tok
 
 
 def flux_shaped_pipeline(smoke: bool, device: torch.device, words: list[str]):

@@ -195,6 +195,13 @@ def bootstrap_interval(values: list[float], statistic=np.median, resamples: int 
     return float(lo), float(hi)
 
 
+def on_grid(runs: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
+    """[seeds, len(grid)]: each seed's held-out curve of one algorithm, linearly interpolated at `grid`
+    forward-equivalents (held at its last value beyond its end)."""
+    return np.array([np.interp(grid, r.sort_values("iteration")["forward_equivalents"], r.sort_values("iteration")["value"])
+                     for _, r in runs.groupby("seed")])
+
+
 def curve_table(curves: pd.DataFrame, every: float | None, budget: float) -> pd.DataFrame:
     """Mean and standard error over seeds of each algorithm's held-out value at 0, every, 2*every, ...
     up to the budget (linear interpolation along each run's curve)."""
@@ -203,8 +210,7 @@ def curve_table(curves: pd.DataFrame, every: float | None, budget: float) -> pd.
     grid = np.arange(0, budget + 1e-9, every)
     rows = []
     for algorithm, g in curves.groupby("algorithm"):
-        ys = np.array([np.interp(grid, r.sort_values("iteration")["forward_equivalents"],
-                                 r.sort_values("iteration")["value"]) for _, r in g.groupby("seed")])
+        ys = on_grid(g, grid)
         se = ys.std(0, ddof=1) / math.sqrt(len(ys)) if len(ys) > 1 else np.full(len(grid), math.nan)
         rows += [{"algorithm": algorithm, "forward_equivalents": float(x), "mean": float(m), "se": float(e),
                   "seeds": len(ys)} for x, m, e in zip(grid, ys.mean(0), se)]
@@ -257,8 +263,7 @@ def plot_claims(curves: pd.DataFrame, profile: pd.DataFrame, merged: pd.DataFram
         # per seed curves live on their own x grids: interpolate onto a common one for the band, up
         # to the shortest run's end (beyond it the mean would jump to the few longer runs)
         grid = np.linspace(0, g.groupby("seed")["forward_equivalents"].max().min(), 60)
-        ys = np.array([np.interp(grid, s.sort_values("iteration")["forward_equivalents"], s.sort_values("iteration")["value"])
-                       for _, s in g.groupby("seed")])
+        ys = on_grid(g, grid)
         mean, std = np.nanmean(ys, 0), np.nanstd(ys, 0)
         color = colors.get(algorithm, None)
         ax.plot(grid, mean, color=color, label=f"{algorithm} (n={len(ys)} seeds)")

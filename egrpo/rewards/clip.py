@@ -26,10 +26,8 @@ def _settings(cfg: dict, name: str) -> dict:
 
 
 def _device(device: torch.device | str | None) -> torch.device:
-    """The scorer's device: the one given (the stage's model.device choice), else a GPU when there is one."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The scorer's device: the one given (the stage's model.device choice), else model.device's `auto`."""
+    return torch.device(device) if device is not None else select_device({})
 
 
 WEIGHTS_DTYPE = {"float32": torch.float32, "amp": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
