@@ -178,7 +178,15 @@ def _check_semantics(cfg: dict) -> None:
                 raise ConfigError(f"threshold.plan: entry [{start}, {length}] must have length >= 1, "
                                   f"not overlap the previous one and end at or before num_steps ({n})")
             end = start + length
-    m = cfg["model"]
+    m, train = cfg["model"], cfg["train"]
+    if train["sharding"] == "fsdp" and train["finetune"] != "full":
+        raise ConfigError("train.sharding: fsdp shards full fine-tuning (train.finetune: full); a LoRA adapter "
+                          "is small enough for every process to hold it (sharding: none)")
+    if train["sharding"] == "fsdp" and train["mixed_precision"] == "fp16":
+        raise ConfigError("train.mixed_precision: fp16 needs a loss scaler, which the sharded path does not run; use bf16")
+    if train["sharding"] == "fsdp" and m["compile"]:
+        raise ConfigError("model.compile: not supported with train.sharding fsdp (the compiled module would "
+                          "bypass FSDP's gathers); set one of them off")
     if m["source"] == "pretrained" and not m["path"]:
         raise ConfigError("model.path: model.source 'pretrained' needs a local path or Hub id")
     res = cfg["sampling"]["resolution"]

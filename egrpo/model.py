@@ -186,7 +186,6 @@ class FlowModel:
         self.prompt_cache_size = mcfg.get("prompt_cache_size", 4096)
         self._prompt_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self.round_timesteps = False     # feed int(1000*sigma)/1000 (set by the trainer from the recipe)
-        self.net = self.transformer      # what is called: the transformer, or its DDP wrapper
         self.compiled = None             # torch.compile'd transformer for calls without gradients (model.compile)
         self.reference = None            # frozen copy for KL under full fine-tuning (else: adapter off)
         self.nfe = 0                     # forward evaluations of the policy, per sample
@@ -257,11 +256,11 @@ class FlowModel:
                     return self._forward(self.reference, x, sigma, cond)
                 self.transformer.disable_adapters()
                 try:
-                    return self._forward(self.net, x, sigma, cond)
+                    return self._forward(self.transformer, x, sigma, cond)
                 finally:
                     self.transformer.enable_adapters()
         self.nfe += x.shape[0]
-        net = self.compiled if self.compiled is not None and not torch.is_grad_enabled() else self.net
+        net = self.compiled if self.compiled is not None and not torch.is_grad_enabled() else self.transformer
         return self._forward(net, x, sigma, cond)
 
     def _forward(self, net, x: torch.Tensor, sigma: float | torch.Tensor, cond: Conditioning) -> torch.Tensor:
@@ -321,12 +320,15 @@ def trainable_state_dict(transformer, finetune: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in transformer.state_dict().items()}
 
 
-def save_policy(transformer, finetune: str, directory: Path, meta: dict) -> None:
-    """Write the policy's weights (safetensors) and meta.json into `directory`."""
+def save_policy(transformer, finetune: str, directory: Path, meta: dict, state: dict | None = None) -> None:
+    """Write the policy's weights (safetensors) and meta.json into `directory`; `state`: weights
+    already gathered (a sharded transformer's full state dict), else read from `transformer`."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state_dict(transformer, finetune), str(directory / f"{finetune}.safetensors"))
+    if state is None:
+        state = trainable_state_dict(transformer, finetune)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(directory / f"{finetune}.safetensors"))
     (directory / "meta.json").write_text(json.dumps({"finetune": finetune, **meta}, indent=2))
 
 

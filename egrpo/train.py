@@ -24,6 +24,7 @@ from egrpo import sde
 from egrpo.algorithms import build_algorithm
 from egrpo.algorithms.base import AdvantageRule
 from egrpo.device import peak_memory_gib, reset_peak_memory, select_device
+from egrpo.errors import UserError
 from egrpo.io import atomic_dir, atomic_write_json, atomic_write_text, load_prompts
 from egrpo.model import FlowModel, add_lora, load_pipeline, save_policy, trainable_state_dict
 from egrpo.rewards import RewardSetting
@@ -108,6 +109,7 @@ class UpdateStats:
     grad_norms: list = field(default_factory=list)
     skipped: int = 0
     dropped: int = 0
+    padded: int = 0                                  # zero-weight transitions that keep sharded processes in step
     pairs: int = 0
 
     def row(self) -> dict:
@@ -125,13 +127,14 @@ class UpdateStats:
             "optimizer_steps": len(self.grad_norms),
             "trained_pairs": self.pairs,
             "skipped_steps": self.skipped,
+            "padded_transitions": self.padded,
         }
 
 
 class Trainer:
     def __init__(self, cfg: dict, algorithm: str, reward_setting: str, seed: int, model_dir: str | None,
                  plan_path: str | None, out_dir: str, resume_dir: str):
-        from accelerate import Accelerator, DistributedDataParallelKwargs
+        from accelerate import Accelerator
 
         self.cfg, self.seed = cfg, seed
         self.algorithm_name, self.reward_setting_name = algorithm, reward_setting
@@ -144,10 +147,17 @@ class Trainer:
         self.algo = build_algorithm(algorithm, cfg, plan)
         self.plan = plan
         self.setting = RewardSetting(cfg["reward_settings"][reward_setting], cfg)
-        # FLUX's last double block computes a text branch that no loss uses: DDP must allow that
         device = select_device(cfg)  # model.device: auto (this process's GPU, else the CPU), cpu, cuda[:N]
-        self.accelerator = Accelerator(mixed_precision=self.tcfg["mixed_precision"], cpu=device.type == "cpu",
-                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.accelerator = Accelerator(mixed_precision=self.tcfg["mixed_precision"], cpu=device.type == "cpu")
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        if self.tcfg["prompts_per_iteration"] % self.world:
+            raise UserError(f"train.prompts_per_iteration: {self.tcfg['prompts_per_iteration']} prompts per iteration "
+                            f"cannot be split evenly over {self.world} processes")
+        # train.sharding fsdp: every process holds 1/N of the weights, gradients and AdamW state
+        # (egrpo/sharding.py); with one process there is nothing to shard
+        self.sharded = self.tcfg["sharding"] == "fsdp" and self.world > 1
+        if self.tcfg["sharding"] == "fsdp" and not self.sharded:
+            log.info("train.sharding: fsdp with one process has nothing to shard; training unsharded")
         torch.manual_seed(seed)
         # global (not the thread-local sdpa_kernel context): autograd runs the backward on its own thread
         torch.backends.cuda.enable_cudnn_sdp(self.tcfg["cudnn_attention"])
@@ -162,19 +172,31 @@ class Trainer:
             if self.algo.kl_beta > 0:  # the reference policy of the KL term: a frozen copy of the base
                 import copy
                 self.model.reference = copy.deepcopy(transformer).requires_grad_(False).eval()
+                if self.sharded:  # at once: one full copy on the device at a time
+                    from egrpo import sharding
+                    sharding.shard(self.model.reference, self.model.compute_dtype)
             transformer.requires_grad_(True)
-        self.params = [p for p in transformer.parameters() if p.requires_grad]
-        for p in self.params:  # fp32 master weights; the forward computes in model.dtype (autocast)
-            p.data = p.data.float()
+        # fp32 master weights of what is trained; the forward computes in model.dtype (autocast).
+        # Sharded: each block becomes fp32 just before it is sharded, so no full fp32 copy exists.
+        if self.sharded:
+            from egrpo import sharding
+            sharding.shard(transformer, self.model.compute_dtype, master_dtype=torch.float32)
+        else:
+            for p in transformer.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        self.params = [p for p in transformer.parameters() if p.requires_grad]  # sharded ones, under fsdp
         self.optimizer = torch.optim.AdamW(self.params, lr=self.algo.learning_rate,
                                            weight_decay=self.tcfg["weight_decay"])
-        # single process: returned as is; several (accelerate launch): DDP (its initial broadcast); the
-        # gradients are averaged by optimizer_step, once per step, with DDP's per-backward sync off
-        self.model.net, self.optimizer = self.accelerator.prepare(transformer, self.optimizer)
-        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        if not self.sharded:
+            # several processes (accelerate launch): the DDP wrapper is made for its initial broadcast of
+            # the weights and then left uncalled. Processes train different numbers of transitions per
+            # optimizer step, which DDP's per-backward reduction cannot follow (a DDP forward outside
+            # no_sync arms it): optimizer_step averages the gradients once per step instead.
+            _, self.optimizer = self.accelerator.prepare(transformer, self.optimizer)
         self.state = {"iteration": 0, "nfe_rollout": 0, "nfe_train": 0, "prompts_seen": 0,
                       "wall_s": 0.0, "rows": [], "heldout": [], "mlflow_run_id": None, "resumed_from": None}
-        self._heldout_rewards = None
+        self._heldout_rewards, self._heldout_prompts = {}, None
 
     # ---- resume ---------------------------------------------------------------------------------
     @property
@@ -184,6 +206,11 @@ class Trainer:
     def save_resume(self) -> None:
         from safetensors.torch import save_file
 
+        if self.sharded:  # every process writes its shards
+            from egrpo import sharding
+            sharding.save_sharded(self.model.transformer, self.optimizer, self.state_dir,
+                                  lambda tmp: (tmp / "state.json").write_text(json.dumps(self.state)))
+            return
         with atomic_dir(self.state_dir) as tmp:
             save_file(trainable_state_dict(self.model.transformer, self.tcfg["finetune"]), str(tmp / "weights.safetensors"))
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
@@ -194,6 +221,10 @@ class Trainer:
 
         if not (self.state_dir / "state.json").is_file():
             return False
+        if self.sharded:
+            from egrpo import sharding
+            sharding.load_sharded(self.model.transformer, self.optimizer, self.state_dir)
+            return self._resumed(json.loads((self.state_dir / "state.json").read_text()))
         weights = load_file(str(self.state_dir / "weights.safetensors"))
         if self.tcfg["finetune"] == "lora":
             from peft import set_peft_model_state_dict
@@ -201,14 +232,23 @@ class Trainer:
         else:
             self.model.transformer.load_state_dict(weights, strict=True)
         self.optimizer.load_state_dict(torch.load(self.state_dir / "optimizer.pt", weights_only=True))
-        self.state = json.loads((self.state_dir / "state.json").read_text())
+        return self._resumed(json.loads((self.state_dir / "state.json").read_text()))
+
+    def _resumed(self, state: dict) -> bool:
+        self.state = state
         self.state["resumed_from"] = self.state["iteration"]
         log.info("resuming from iteration %d (%s)", self.state["iteration"], self.state_dir)
         return True
 
     def optimizer_step(self) -> float:
         """Average the gradients over processes, clip their norm, step, clear; returns the norm
-        before clipping."""
+        before clipping. Sharded gradients were already averaged by FSDP at every backward."""
+        if self.sharded:
+            from egrpo import sharding
+            norm = sharding.clip_grad_norm(self.params, self.tcfg["max_grad_norm"])
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            return norm
         if self.world > 1:
             import torch.distributed as dist
             for p in self.params:
@@ -259,8 +299,8 @@ class Trainer:
         """Draw this iteration's prompts (a pure function of seed and iteration) and sample their groups."""
         model = self.model
         generator = iteration_generator(self.seed, it)
-        drawn = torch.randint(len(self.prompts), (self.tcfg["prompts_per_iteration"] * self.world,), generator=generator)  # cpu: prompt indices from the CPU generator
-        prompt_ids = drawn[self.rank::self.world].tolist()  # each process rolls out its share of the prompts
+        drawn = torch.randint(len(self.prompts), (self.tcfg["prompts_per_iteration"],), generator=generator)  # cpu: prompt indices from the CPU generator
+        prompt_ids = drawn[self.rank::self.world].tolist()  # each process rolls out its equal share of the prompts
         if self.world > 1:  # and draws its own noises
             generator = torch.Generator().manual_seed(iteration_generator(self.seed, it).initial_seed() * 64 + self.rank)
         nfe0 = model.nfe
@@ -278,21 +318,50 @@ class Trainer:
         `update_units` (per plan entry, every n samples, n per iteration, or once)."""
         stats = UpdateStats()
         units = self.algo.update_units(rollout.groups)
-        n_units = self._common_unit_count(len(units))
+        padding = self._padding(units)
         for epoch in range(self.tcfg["inner_epochs"]):
-            for u in range(n_units):
+            for u, pad in enumerate(padding):
                 unit = units[u] if u < len(units) else []
                 pairs = sum(tr.x_to.shape[0] for _, tr in unit)
                 for gi, tr in unit:
                     group = rollout.groups[gi]
-                    self.train_transition(tr, advantages[gi], rollout.conds[group.prompt_index], pairs, stats,
-                                          first_epoch=epoch == 0)
+                    self.train_transition(tr, advantages[gi], rollout.conds[group.prompt_index],
+                                          tr.x_to.shape[0] / pairs, stats, first_epoch=epoch == 0)
+                for _ in range(pad):
+                    self.pad_transition(rollout, advantages, stats)
                 stats.grad_norms.append(self.optimizer_step())
         return stats
 
-    def train_transition(self, tr, group_advantages: torch.Tensor, cond, unit_pairs: int, stats: UpdateStats,
+    def _padding(self, units: list) -> list[int]:
+        """Per optimizer step, how many zero-weight transitions this process adds so that every
+        process runs the same number of forwards and backwards: the most transitions any process
+        has in that step (sharded), or none (a process without the step steps on zero gradients)."""
+        if self.world == 1:
+            return [0] * len(units)
+        import torch.distributed as dist
+        count = torch.tensor([len(units)], device=self.model.device)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        if not self.sharded:
+            return [0] * int(count)
+        sizes = torch.zeros(int(count), dtype=torch.long, device=self.model.device)
+        sizes[:len(units)] = torch.tensor([len(unit) for unit in units], dtype=torch.long, device=self.model.device)
+        most = sizes.clone()
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return (most - sizes).tolist()
+
+    def pad_transition(self, rollout: Rollout, advantages: list[torch.Tensor], stats: UpdateStats) -> None:
+        """A forward and backward with weight 0 (the first transition of this process's rollout): the
+        sharded model's collectives stay in step, the gradients do not change, no cost is counted."""
+        nfe, reference = self.model.nfe, self.model.nfe_reference
+        group = rollout.groups[0]
+        self.train_transition(group.transitions[0], advantages[0], rollout.conds[group.prompt_index], 0.0,
+                              UpdateStats(), first_epoch=False)
+        self.model.nfe, self.model.nfe_reference = nfe, reference
+        stats.padded += 1
+
+    def train_transition(self, tr, group_advantages: torch.Tensor, cond, weight: float, stats: UpdateStats,
                          first_epoch: bool) -> None:
-        """Backward of one transition's mean PPO(+KL) term, weighted by its share of the unit's pairs."""
+        """Backward of one transition's mean PPO(+KL) term times `weight`, its share of the unit's pairs."""
         algo, model, clip_range = self.algo, self.model, self.tcfg["clip_range"]
         device = model.device
         adv = group_advantages[torch.as_tensor(tr.member_ids(), device=group_advantages.device)].to(device)
@@ -316,9 +385,10 @@ class Trainer:
         if not torch.isfinite(loss):  # skip it; gradients accumulated so far are kept
             stats.skipped += 1
             log.warning("non-finite loss at transition %d -> %d, skipped", tr.i, tr.j)
+            if self.sharded:  # every process must still run a backward (FSDP reduce-scatters in it)
+                self.accelerator.backward(v.sum() * 0.0)
             return
-        with self._no_sync():
-            self.accelerator.backward(loss * (tr.x_to.shape[0] / unit_pairs))
+        self.accelerator.backward(loss * weight)
         stats.losses.append(float(loss.detach()))
         stats.pairs += int(keep.sum())
         r = ratio.detach()[keep]
@@ -330,29 +400,15 @@ class Trainer:
         else:
             stats.first_dev.append((r - 1).abs())
 
-    def _no_sync(self):
-        """Gradients are averaged over processes once per optimizer step (see optimizer_step), not at
-        every backward: processes may train different numbers of transitions per step."""
-        return self.accelerator.no_sync(self.model.net) if self.world > 1 else contextlib.nullcontext()
-
-    def _common_unit_count(self, n: int) -> int:
-        """The number of optimizer steps this iteration: the most any process has (the others step
-        on zero gradients, keeping every process's collectives in step)."""
-        if self.world == 1:
-            return n
-        import torch.distributed as dist
-        count = torch.tensor([n], device=self.model.device)
-        dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        return int(count)
-
     def log_row(self, it: int, rollout: Rollout, scored: ScoredGroups, stats: UpdateStats, nfe_train: int,
                 nfe_reference: int, elapsed: float) -> dict:
         """Account the iteration's cost into the run state and build its train_log.csv row."""
         model, nfe_rollout, expected_nfe, n_prompts = self.model, rollout.nfe, rollout.expected_nfe, rollout.prompts
+        expected_train = self.algo.expected_train_nfe(rollout.groups) * self.tcfg["inner_epochs"]
         if self.world > 1:  # totals over processes
             counts = self.accelerator.reduce(torch.tensor([nfe_rollout, nfe_train, nfe_reference, expected_nfe,
-                                                           n_prompts], device=model.device), "sum").tolist()
-            nfe_rollout, nfe_train, nfe_reference, expected_nfe, n_prompts = (int(c) for c in counts)
+                                                           expected_train, n_prompts], device=model.device), "sum").tolist()
+            nfe_rollout, nfe_train, nfe_reference, expected_nfe, expected_train, n_prompts = (int(c) for c in counts)
             scored.rewards = self.accelerator.gather(scored.rewards.to(model.device)).cpu()
         st = self.state
         st["nfe_rollout"] += nfe_rollout
@@ -374,7 +430,7 @@ class Trainer:
             "nfe_train": nfe_train,
             "nfe_reference": nfe_reference,
             "nfe_rollout_expected": expected_nfe,
-            "nfe_train_expected": self.algo.expected_train_nfe(rollout.groups) * self.tcfg["inner_epochs"] * self.world,
+            "nfe_train_expected": expected_train,
             "nfe_total": st["nfe_rollout"] + st["nfe_train"],
             "forward_equivalents": forward_equivalents(st),
             "nonfinite_samples": scored.nonfinite + stats.dropped,
@@ -386,15 +442,17 @@ class Trainer:
     @torch.no_grad()
     def heldout(self) -> dict:
         """Mean held-out rewards of the current policy: ODE samples of the first eval prompts from
-        fixed noise (the same for every algorithm and seed), as `egrpo evaluate` samples them."""
+        fixed noise (the same for every algorithm and seed), as `egrpo evaluate` samples them.
+        Unsharded: the main process alone. Sharded: every process samples (each forward gathers the
+        weights from all of them) and the main process scores; the others get {}."""
         from egrpo.evaluate import sample_images
 
         h, model = self.tcfg["heldout"], self.model
-        if self._heldout_rewards is None:
+        main = self.accelerator.is_main_process
+        if self._heldout_prompts is None:
             from egrpo.rewards import build_reward
-            self._heldout_rewards = {r: build_reward(r, self.cfg) for r in h["metrics"]}
+            self._heldout_rewards = {r: build_reward(r, self.cfg) for r in h["metrics"]} if main else {}
             self._heldout_prompts = load_prompts(self.cfg["prompts"]["eval"], "prompts.eval")[:h["num_prompts"]]
-        net, model.net = model.net, model.transformer  # unwrapped: no DDP collectives, main process only
         rounding, model.round_timesteps = model.round_timesteps, False  # as `egrpo evaluate` samples
         nfe = model.nfe
         try:
@@ -405,11 +463,14 @@ class Trainer:
                 images.append(image)
                 texts.append(self._heldout_prompts[p].text)
         finally:
-            model.net, model.nfe, model.round_timesteps = net, nfe, rounding  # measurement, not training cost
+            model.nfe, model.round_timesteps = nfe, rounding  # measurement, not training cost
+        if not main:
+            return {}
         batch = torch.stack(images)
         return {f"heldout_{r}": float(fn(batch, texts).float().mean()) for r, fn in self._heldout_rewards.items()}
 
     def heldout_point(self) -> dict:
+        """The held-out rewards at the current cost (call it where `heldout_here` is true)."""
         st = self.state
         return {"iteration": st["iteration"], "forward_equivalents": forward_equivalents(st),
                 "wall_s": st["wall_s"], **self.heldout()}
@@ -442,7 +503,8 @@ class Trainer:
                        disable=not main)
             every, every_fe = self.tcfg["heldout"]["every"], self.tcfg["heldout"]["every_forward_equivalents"]
             heldout_on = every is not None or every_fe is not None
-            if heldout_on and main and not self.state.get("heldout"):
+            heldout_here = heldout_on and (main or self.sharded)  # sharded: every process samples
+            if heldout_here and not self.state.get("heldout"):
                 self.state["heldout"] = [self.heldout_point()]  # the base model, at zero cost
             for it in bar:
                 if self.budget_spent():
@@ -456,7 +518,7 @@ class Trainer:
                 last = it + 1 == iterations or self.budget_spent()
                 due = (every is not None and (it + 1) % every == 0) or \
                     (every_fe is not None and forward_equivalents(self.state) // every_fe > fe_before // every_fe)
-                if heldout_on and main and (due or last):
+                if heldout_here and (due or last):
                     point = self.heldout_point()
                     self.state["heldout"].append(point)
                     row.update({k: v for k, v in point.items() if k.startswith("heldout_")})
@@ -465,13 +527,17 @@ class Trainer:
                                         if k != "iteration" and math.isfinite(float(v))}, step=it + 1)
                     bar.set_postfix(reward=f"{row['reward_mean']:.4f}", nfe=row["nfe_total"])
                 if (it + 1) % self.tcfg["checkpoint_every"] == 0 or last:
-                    if main:
+                    if main or self.sharded:  # sharded: every process writes its shards
                         self.save_resume()
                     self.accelerator.wait_for_everyone()
                 if self.state["resumed_from"] is None:
                     _fault_injection(it + 1)
+            policy = None
+            if self.sharded:  # gathered from every process's shards onto the main one
+                from egrpo import sharding
+                policy = sharding.full_state_dict(self.model.transformer)
             if main:
-                metrics = self.write_outputs()
+                metrics = self.write_outputs(policy)
                 mlflow.log_artifact(str(self.out_dir / "metrics.json"))
                 mlflow.log_artifact(str(self.out_dir / "train_log.csv"))
         self.accelerator.wait_for_everyone()
@@ -479,13 +545,15 @@ class Trainer:
             remove_resume_state(self.resume_dir)
         return metrics
 
-    def write_outputs(self) -> dict:
+    def write_outputs(self, policy: dict | None = None) -> dict:
+        """train_log.csv, metrics.json and the policy checkpoint (`policy`: its gathered weights when
+        sharded, else read from the transformer)."""
         st, rows = self.state, self.state["rows"]
         prompts_seen = max(1, st["prompts_seen"])
         meta = {"algorithm": self.algorithm_name, "reward_setting": self.reward_setting_name, "seed": self.seed,
                 "iterations": st["iteration"], "lora_rank": self.tcfg["lora_rank"], "lora_alpha": self.tcfg["lora_alpha"]}
         with atomic_dir(self.out_dir / "checkpoint") as tmp:
-            save_policy(self.model.transformer, self.tcfg["finetune"], tmp, meta)
+            save_policy(self.model.transformer, self.tcfg["finetune"], tmp, meta, state=policy)
         atomic_write_text(self.out_dir / "train_log.csv", pd.DataFrame(rows).to_csv(index=False))
         metrics = {
             "algorithm": self.algorithm_name, "reward_setting": self.reward_setting_name, "seed": self.seed,
@@ -508,6 +576,7 @@ class Trainer:
             "mlflow_run_id": st["mlflow_run_id"],
             "device": self.model.device.type,
             "processes": self.world,
+            "sharding": "fsdp" if self.sharded else "none",
         }
         atomic_write_json(self.out_dir / "metrics.json", metrics)
         return metrics

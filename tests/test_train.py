@@ -124,7 +124,7 @@ def test_two_process_data_parallel(tmp_path, tiny_model_dir):
     """torchrun sets the distributed env that accelerate picks up (gloo on CPU); GPUs use accelerate launch."""
     import mlflow
 
-    cfg = train_cfg(tmp_path, iterations=2, prompts_per_iteration=1)
+    cfg = train_cfg(tmp_path, iterations=2, prompts_per_iteration=2)  # over both processes
     config_path = tmp_path / "cfg.yaml"
     config_path.write_text(yaml.safe_dump(cfg))
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -1,0 +1,92 @@
+"""Full fine-tuning sharded with FSDP (`train.sharding: fsdp`) over two CPU processes (gloo): it
+trains the same policy as unsharded data parallelism, keeps the processes in step when their work
+is uneven, and resumes from its sharded state after a SIGKILL."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import micro_config
+from egrpo.config import validate
+from egrpo.errors import ConfigError
+
+WORKER = Path(__file__).parent / "sharded_worker.py"
+
+
+def launch(tmp_path, model_dir, sharding: str, name: str, kill_after: int | None = None) -> subprocess.CompletedProcess:
+    cfg = validate(micro_config(tmp_path, train={"iterations": 3, "prompts_per_iteration": 2, "checkpoint_every": 1,
+                                                  "learning_rate": 1e-2, "finetune": "full", "sharding": sharding}))
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"plan": [{"start": 0, "length": 1}, {"start": 1, "length": 2}]}))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent.parent))
+    env.pop("EGRPO_KILL_AFTER_ITERATION", None)
+    if kill_after is not None:
+        env["EGRPO_KILL_AFTER_ITERATION"] = str(kill_after)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(WORKER), "train", "--config", str(tmp_path / f"{name}.yaml"), "--model", str(model_dir),
+                           "--plan", str(plan), "--algorithm", "egrpo", "--reward-setting", "color", "--seed", "0",
+                           "--out", str(tmp_path / name), "--resume-dir", str(tmp_path / f"resume-{name}")],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_fsdp_trains_what_data_parallel_trains_and_resumes(tmp_path, tiny_model_dir):
+    unsharded = launch(tmp_path, tiny_model_dir, "none", "ddp")
+    assert unsharded.returncode == 0, unsharded.stderr[-3000:]
+    killed = launch(tmp_path, tiny_model_dir, "fsdp", "fsdp", kill_after=1)
+    assert killed.returncode != 0, "the fault injection kills the job after iteration 1"
+    state = tmp_path / "resume-fsdp/state"
+    assert json.loads((state / "state.json").read_text())["iteration"] == 1
+    assert (state / "sharded/.metadata").is_file(), "each process wrote its shards (torch.distributed.checkpoint)"
+    resumed = launch(tmp_path, tiny_model_dir, "fsdp", "fsdp")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    base = load_file(str(tiny_model_dir / "transformer/diffusion_pytorch_model.safetensors"))
+    ddp = load_file(str(tmp_path / "ddp/checkpoint/full.safetensors"))
+    fsdp = load_file(str(tmp_path / "fsdp/checkpoint/full.safetensors"))
+    assert ddp.keys() == fsdp.keys() == base.keys(), "the gathered checkpoint has every weight, unsharded names"
+    assert all(fsdp[k].shape == base[k].shape and fsdp[k].dtype == torch.float32 for k in base)
+    moved = max(float((ddp[k] - base[k].float()).abs().max()) for k in base)
+    assert moved > 1e-3, "training moved the weights"
+    assert max(float((ddp[k] - fsdp[k]).abs().max()) for k in base) < 1e-4 * moved, \
+        "sharded training (killed and resumed) ends at the unsharded weights"
+
+    logs = {n: pd.read_csv(tmp_path / n / "train_log.csv") for n in ("ddp", "fsdp")}
+    pd.testing.assert_series_equal(logs["ddp"]["reward_mean"], logs["fsdp"]["reward_mean"], rtol=1e-5)
+    pd.testing.assert_series_equal(logs["ddp"]["nfe_train"], logs["fsdp"]["nfe_train"])
+    assert (logs["fsdp"]["nfe_train"] == logs["fsdp"]["nfe_train_expected"]).all(), "padding is not counted as cost"
+    assert list(logs["fsdp"]["padded_transitions"]) == [1, 1, 1], "process 0 pads the transition it left out"
+    assert list(logs["ddp"]["padded_transitions"]) == [0, 0, 0]
+    assert logs["fsdp"]["skipped_steps"].iloc[0] == 0, "the row is process 0's; process 1 skipped its NaN loss"
+    metrics = json.loads((tmp_path / "fsdp/metrics.json").read_text())
+    assert metrics["sharding"] == "fsdp" and metrics["processes"] == 2 and metrics["resumed_from_iteration"] == 1
+    assert not (tmp_path / "resume-fsdp").exists(), "resume state is cleared after success"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"train": {"sharding": "fsdp"}}, "train.sharding"),
+    ({"train": {"sharding": "fsdp", "finetune": "full"}, "model": {"compile": True}}, "model.compile"),
+    ({"train": {"sharding": "fsdp", "finetune": "full", "mixed_precision": "fp16"}}, "train.mixed_precision"),
+])
+def test_fsdp_config_errors(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(micro_config(tmp_path, **change))
+
+
+def test_prompts_must_split_evenly_over_processes(tmp_path, tiny_model_dir):
+    cfg = validate(micro_config(tmp_path, train={"iterations": 1, "prompts_per_iteration": 3}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "egrpo", "train", "--config", str(tmp_path / "c.yaml"), "--model", str(tiny_model_dir),
+                             "--algorithm", "dancegrpo", "--reward-setting", "color", "--seed", "0",
+                             "--out", str(tmp_path / "o"), "--resume-dir", str(tmp_path / "r")],
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "train.prompts_per_iteration: 3 prompts per iteration cannot be split evenly over 2 processes" in result.stderr
