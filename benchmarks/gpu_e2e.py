@@ -11,7 +11,8 @@ a model must run it on the GPU (a stage that cannot fails the DAG); train's metr
 Part 2 (`flux`): a FluxPipeline with FLUX.1-dev's shapes and random bf16 weights (transformer
 benchmarks/flux_transformer_config.json, 11.9 B; T5-XXL encoder, 4.7 B; CLIP-L text; FLUX's VAE),
 nothing downloaded, and a random CLIP ViT-H-14 (HPS v2.1's shape) as the reward. The real `Trainer`
-runs one iteration of each algorithm with config/paper.yaml's recipe on one GPU: LoRA (rank 32),
+runs one iteration of each algorithm with config/paper.yaml's recipe and its one-GPU overlay
+config/paper-1gpu.yaml: LoRA (rank 32),
 gradient checkpointing, text encoders offloaded to the CPU, VAE decoding 8 images a call. Printed
 per algorithm and phase (rollout, scoring, training): seconds and peak allocated GiB, and the
 seconds per rollout NFE and per training NFE. Exit status 1 if any phase peaks above --max-gib
@@ -155,10 +156,13 @@ def save_random_clip_reward(smoke: bool, out: Path, words: list[str]) -> Path:
 
 
 def paper_config(smoke: bool, work: Path, resolution: int, group_size: int, reward_dir: Path) -> dict:
-    """config/paper.yaml, run on one GPU: LoRA instead of full fine-tuning (see config/paper.yaml)."""
+    """config/paper.yaml with config/paper-1gpu.yaml: LoRA on one GPU instead of full fine-tuning over 8."""
     from egrpo.config import load, validate
 
-    cfg = load(ROOT / "config/paper.yaml")
+    from snakemake.utils import update_config
+
+    cfg = load(ROOT / "config/paper.yaml")  # with the one-GPU overlay (LoRA rank 32), as Snakemake merges them
+    update_config(cfg, yaml.safe_load((ROOT / "config/paper-1gpu.yaml").read_text()))
     for key in ("train", "eval"):
         cfg["prompts"][key] = str(ROOT / cfg["prompts"][key])
     cfg["mlflow"] = {"tracking_uri": f"sqlite:///{work}/mlflow.db"}
@@ -167,8 +171,7 @@ def paper_config(smoke: bool, work: Path, resolution: int, group_size: int, rewa
     cfg["reward_settings"] = {"shape": {"clip": 1.0}}
     cfg["evaluate"]["metrics"] = ["clip"]
     cfg["sampling"].update(resolution=resolution, group_size=group_size)
-    cfg["train"].update(iterations=1, prompts_per_iteration=1, finetune="lora", lora_rank=32, lora_alpha=32,
-                        checkpoint_every=1000, heldout={"every": None, "every_forward_equivalents": None})
+    cfg["train"].update(iterations=1, prompts_per_iteration=1, checkpoint_every=1000, heldout={"every": None, "every_forward_equivalents": None})
     if smoke:
         cfg["model"].update(dtype="float32", max_sequence_length=64, device="cpu")
         cfg["train"]["mixed_precision"] = "no"

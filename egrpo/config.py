@@ -179,6 +179,10 @@ def _check_semantics(cfg: dict) -> None:
                                   f"not overlap the previous one and end at or before num_steps ({n})")
             end = start + length
     m, train = cfg["model"], cfg["train"]
+    gpus = int((cfg.get("resources") or {}).get("train", {}).get("gpu") or 0)
+    if gpus > 1 and train["prompts_per_iteration"] % gpus:
+        raise ConfigError(f"train.prompts_per_iteration: {train['prompts_per_iteration']} prompts per iteration cannot "
+                          f"be split evenly over the train job's {gpus} GPUs (resources.train.gpu)")
     if train["sharding"] == "fsdp" and train["finetune"] != "full":
         raise ConfigError("train.sharding: fsdp shards full fine-tuning (train.finetune: full); a LoRA adapter "
                           "is small enough for every process to hold it (sharding: none)")

@@ -16,6 +16,24 @@ def test_shipped_configs_validate_and_fill_defaults(tmp_path):
     assert cfg["evaluate"]["seed"] == 1234
 
 
+def test_paper_config_and_its_one_gpu_overlay():
+    """paper.yaml asks for the official setup (full fine-tuning sharded over 8 GPUs, 8 prompts per
+    step); the overlay, merged as Snakemake merges --configfile a b, trains LoRA on one GPU."""
+    import yaml
+    from snakemake.utils import update_config
+
+    paper = load("config/paper.yaml")
+    assert paper["train"]["finetune"] == "full" and paper["train"]["sharding"] == "fsdp"
+    assert paper["resources"]["train"]["gpu"] == 8 and paper["train"]["prompts_per_iteration"] == 8
+    merged = yaml.safe_load(open("config/paper.yaml"))
+    update_config(merged, yaml.safe_load(open("config/paper-1gpu.yaml")))
+    one = validate(merged)
+    assert one["train"]["finetune"] == "lora" and one["train"]["sharding"] == "none"
+    assert one["resources"]["train"]["gpu"] == 1 and one["resources"]["evaluate"] == paper["resources"]["evaluate"]
+    assert {k: v for k, v in one["train"].items() if k not in ("finetune", "sharding", "lora_rank", "lora_alpha")} == \
+        {k: v for k, v in paper["train"].items() if k not in ("finetune", "sharding", "lora_rank", "lora_alpha")}
+
+
 BAD = [
     ({"sampling": {"group_size": 1}}, "sampling.group_size"),
     ({"sampling": {"eta": -0.1}}, "sampling.eta"),
@@ -46,6 +64,7 @@ BAD = [
     ({"seeds": [-1]}, "seeds.0"),
     ({"algorithm_params": {"egrpo": {"granular_list": [0]}}}, "algorithm_params.egrpo.granular_list.0"),
     ({"experiment": "has space"}, "experiment"),
+    ({"train": {"prompts_per_iteration": 6}, "resources": {"train": {"gpu": 4}}}, "train.prompts_per_iteration"),
 ]
 
 
