@@ -21,8 +21,10 @@ WORKER = Path(__file__).parent / "sharded_worker.py"
 
 
 def launch(tmp_path, model_dir, sharding: str, name: str, kill_after: int | None = None) -> subprocess.CompletedProcess:
+    heldout = {"every": 2, "metrics": ["prompt_color"], "num_prompts": 1, "images_per_prompt": 1}
     cfg = validate(micro_config(tmp_path, train={"iterations": 3, "prompts_per_iteration": 2, "checkpoint_every": 1,
-                                                  "learning_rate": 1e-2, "finetune": "full", "sharding": sharding}))
+                                                  "learning_rate": 1e-2, "finetune": "full", "sharding": sharding,
+                                                  "heldout": heldout}))
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"plan": [{"start": 0, "length": 1}, {"start": 1, "length": 2}]}))
@@ -66,6 +68,11 @@ def test_fsdp_trains_what_data_parallel_trains_and_resumes(tmp_path, tiny_model_
     assert list(logs["ddp"]["padded_transitions"]) == [0, 0, 0]
     assert logs["fsdp"]["skipped_steps"].iloc[0] == 0, "the row is process 0's; process 1 skipped its NaN loss"
     metrics = json.loads((tmp_path / "fsdp/metrics.json").read_text())
+    curves = [json.loads((tmp_path / n / "metrics.json").read_text())["heldout_curve"] for n in ("ddp", "fsdp")]
+    assert [p["iteration"] for p in curves[1]] == [0, 2, 3], "held-out points: base, every 2, last"
+    for a, b in zip(*curves):  # sampled by both sharded processes, scored by the main one
+        assert a["forward_equivalents"] == b["forward_equivalents"]
+        assert abs(a["heldout_prompt_color"] - b["heldout_prompt_color"]) < 1e-5
     assert metrics["sharding"] == "fsdp" and metrics["processes"] == 2 and metrics["resumed_from_iteration"] == 1
     assert not (tmp_path / "resume-fsdp").exists(), "resume state is cleared after success"
 
