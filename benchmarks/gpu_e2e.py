@@ -3,6 +3,7 @@
     python benchmarks/gpu_e2e.py                      # on a CUDA machine; one call of <= 9 minutes
     python benchmarks/gpu_e2e.py --algorithms egrpo dancegrpo --resolution 720
     python benchmarks/gpu_e2e.py --smoke              # anywhere: the same code at toy shapes on the CPU
+    python benchmarks/gpu_e2e.py --parts fsdp         # full fine-tuning sharded over this machine's GPUs
 
 Part 1 (`dag`): Snakemake runs the micro DAG (build-model -> profile -> threshold -> train ->
 evaluate -> report; tests/data/micro.yaml) with `model.device: cuda` forced, so every stage that runs
@@ -18,7 +19,11 @@ per algorithm and phase (rollout, scoring, training): seconds and peak allocated
 seconds per rollout NFE and per training NFE. Exit status 1 if any phase peaks above --max-gib
 (70 by default, the issue's target on an 80 GB card) or anything fails.
 
---smoke runs both parts on the CPU at toy shapes (tests/test_benchmarks.py runs it): it checks the
+Part 3 (`fsdp`, on a machine with 2 or more GPUs; skipped with a line otherwise): config/paper.yaml as
+it is, full fine-tuning sharded (FSDP) over one process per GPU, one prompt each, the same random
+weights; one iteration per algorithm, process 0's phase peaks and the memory it holds after sharding.
+
+--smoke runs the parts on the CPU at toy shapes (part 3 on 2 processes; tests/test_benchmarks.py runs it): it checks the
 code path, not the figures.
 """
 from __future__ import annotations
@@ -155,14 +160,18 @@ def save_random_clip_reward(smoke: bool, out: Path, words: list[str]) -> Path:
     return out
 
 
-def paper_config(smoke: bool, work: Path, resolution: int, group_size: int, reward_dir: Path) -> dict:
-    """config/paper.yaml with config/paper-1gpu.yaml: LoRA on one GPU instead of full fine-tuning over 8."""
-    from egrpo.config import load, validate
-
+def paper_config(smoke: bool, work: Path, resolution: int, group_size: int, reward_dir: Path,
+                 processes: int = 1) -> dict:
+    """One process: config/paper.yaml with config/paper-1gpu.yaml (LoRA on one GPU instead of full
+    fine-tuning over 8). Several: paper.yaml as it is (full fine-tuning sharded over them), one prompt each."""
     from snakemake.utils import update_config
 
-    cfg = load(ROOT / "config/paper.yaml")  # with the one-GPU overlay (LoRA rank 32), as Snakemake merges them
-    update_config(cfg, yaml.safe_load((ROOT / "config/paper-1gpu.yaml").read_text()))
+    from egrpo.config import load, validate
+
+    cfg = load(ROOT / "config/paper.yaml")
+    if processes == 1:  # the one-GPU overlay (LoRA rank 32), merged as Snakemake merges --configfile a b
+        update_config(cfg, yaml.safe_load((ROOT / "config/paper-1gpu.yaml").read_text()))
+    cfg["resources"]["train"]["gpu"] = processes
     for key in ("train", "eval"):
         cfg["prompts"][key] = str(ROOT / cfg["prompts"][key])
     cfg["mlflow"] = {"tracking_uri": f"sqlite:///{work}/mlflow.db"}
@@ -171,7 +180,7 @@ def paper_config(smoke: bool, work: Path, resolution: int, group_size: int, rewa
     cfg["reward_settings"] = {"shape": {"clip": 1.0}}
     cfg["evaluate"]["metrics"] = ["clip"]
     cfg["sampling"].update(resolution=resolution, group_size=group_size)
-    cfg["train"].update(iterations=1, prompts_per_iteration=1, checkpoint_every=1000, heldout={"every": None, "every_forward_equivalents": None})
+    cfg["train"].update(iterations=1, prompts_per_iteration=processes, checkpoint_every=1000, heldout={"every": None, "every_forward_equivalents": None})
     if smoke:
         cfg["model"].update(dtype="float32", max_sequence_length=64, device="cpu")
         cfg["train"]["mixed_precision"] = "no"
@@ -206,6 +215,68 @@ def run_flux(args, work: Path) -> list[dict]:
     return rows
 
 
+# ---- part 3: full fine-tuning sharded over the machine's GPUs (FSDP) ------------------------------------
+
+def launch_fsdp(args, work: Path) -> None:
+    """Prepare the reward and the config once, then run part 3 in one process per GPU (2 CPU processes
+    with --smoke) under torch.distributed.run; their table comes back on stdout."""
+    from egrpo.io import load_prompts
+    from egrpo.threshold import make_plan
+
+    processes = 2 if args.smoke else torch.cuda.device_count()
+    if processes < 2:
+        print(f"part 3: skipped: sharding needs at least 2 GPUs, this machine has {processes}", flush=True)
+        return
+    words = [p.text for p in load_prompts(str(ROOT / "config/prompts/train.txt"), "prompts.train")]
+    work.mkdir(parents=True, exist_ok=True)
+    reward_dir = save_random_clip_reward(args.smoke, work / "reward", words)
+    cfg = paper_config(args.smoke, work, args.resolution, args.group_size, reward_dir, processes)
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (work / "plan.json").write_text(json.dumps(make_plan(cfg, None)))
+    print(f"part 3: full fine-tuning sharded over {processes} processes, one iteration per algorithm "
+          f"(phase peaks: process 0)\n{HEADER}", flush=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               __file__, "--fsdp-worker", str(work), "--algorithms", *args.algorithms] + (["--smoke"] if args.smoke else [])
+    env = dict(os.environ, OMP_NUM_THREADS="1") if args.smoke else None
+    proc = subprocess.run(command, env=env)
+    if proc.returncode:
+        raise SystemExit(f"gpu_e2e: the sharded part failed (exit {proc.returncode})")
+
+
+def fsdp_worker(args, work: Path) -> None:
+    """One process of part 3: the same random FLUX-shaped weights on every process (same seed), sharded
+    by the Trainer; process 0 prints each algorithm's row and the memory held after sharding."""
+    import egrpo.train
+    from egrpo.config import load
+    from egrpo.io import load_prompts
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    device = torch.device("cpu") if args.smoke else torch.device("cuda", local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    cfg = load(work / "config.yaml")
+    words = [p.text for p in load_prompts(cfg["prompts"]["train"], "prompts.train")]
+    for algorithm in args.algorithms:
+        torch.manual_seed(0)  # identical random weights on every process
+        pipe = flux_shaped_pipeline(args.smoke, device, words)
+        egrpo.train.load_pipeline = lambda cfg, model_dir=None, pipe=pipe: pipe
+        trainer = egrpo.train.Trainer(cfg, algorithm, "shape", 0, None, str(work / "plan.json"),
+                                      work / "out" / algorithm, work / "resume" / algorithm)
+        held = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        row = trainer.iteration(0)
+        if rank == 0:
+            print(format_row({"algorithm": algorithm, **row}) +
+                  (f" after sharding: {held:.1f} GiB held" if held is not None else ""), flush=True)
+        over = {p: row[f"{p}_peak_gib"] for p in ("rollout", "scoring", "training")
+                if row.get(f"{p}_peak_gib", 0) > args.max_gib}
+        if over:
+            raise SystemExit(f"gpu_e2e: {algorithm} sharded: peak memory above {args.max_gib} GiB: {over}")
+        assert trainer.sharded and row["optimizer_steps"] > 0
+        del trainer, pipe
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def format_row(r: dict) -> str:
     peak = lambda p: f"{r[f'{p}_peak_gib']:.1f} GiB" if f"{p}_peak_gib" in r else "-"
     per = lambda s, n: f"{s / n:.3f}" if n else "-"
@@ -222,7 +293,9 @@ HEADER = ("| algorithm | iteration s | rollout s (peak) | scoring s (peak) | tra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="toy shapes on the CPU (checks the code path)")
-    parser.add_argument("--parts", nargs="+", choices=["dag", "flux"], default=["dag", "flux"])
+    parser.add_argument("--parts", nargs="+", choices=["dag", "flux", "fsdp"], default=["dag", "flux", "fsdp"],
+                        help="fsdp runs only on a machine with 2 or more GPUs (2 CPU processes with --smoke)")
+    parser.add_argument("--fsdp-worker", type=Path, help=argparse.SUPPRESS)  # one process of part 3
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
     parser.add_argument("--resolution", type=int, default=None, help="default 720 (paper), 32 with --smoke")
     parser.add_argument("--group-size", type=int, default=None, help="default 12 (paper), 2 with --smoke")
@@ -231,6 +304,9 @@ def main() -> None:
     args = parser.parse_args()
     args.resolution = args.resolution or (32 if args.smoke else 720)
     args.group_size = args.group_size or (2 if args.smoke else 12)
+    if args.fsdp_worker:
+        fsdp_worker(args, args.fsdp_worker)
+        return
     if not args.smoke and not torch.cuda.is_available():
         print("gpu_e2e: no CUDA device; run with --smoke to check the code path on the CPU")
         return
@@ -250,6 +326,8 @@ def main() -> None:
             over = {k: v for k, v in peaks.items() if v > args.max_gib}
             if over:
                 raise SystemExit(f"gpu_e2e: peak memory above {args.max_gib} GiB: {over}")
+        if "fsdp" in args.parts:
+            launch_fsdp(args, work / "fsdp")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

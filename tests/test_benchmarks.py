@@ -100,3 +100,13 @@ def test_gpu_e2e_smoke_runs_every_algorithm_through_the_trainer():
         assert rollout_nfe > 0 and train_nfe > 0 and float(r[1]) > 0
     assert "gpu_e2e: all parts passed" in out
     assert "no CUDA device" in run("benchmarks/gpu_e2e.py")  # without --smoke it needs a GPU, and says so
+
+
+def test_gpu_e2e_smoke_shards_full_fine_tuning_over_two_processes():
+    """Part 3 of gpu_e2e.py at toy shapes: paper.yaml's full fine-tuning sharded over 2 CPU processes."""
+    out = run("benchmarks/gpu_e2e.py", "--smoke", "--parts", "fsdp", "--algorithms", "dancegrpo", "flowgrpo")
+    assert "full fine-tuning sharded over 2 processes" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "algorithm" not in line]
+    assert [r[0].strip() for r in rows] == ["dancegrpo", "flowgrpo"]
+    assert all(int(v) > 0 for r in rows for v in r[5].split("/"))
+    assert "gpu_e2e: all parts passed" in out

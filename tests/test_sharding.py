@@ -20,11 +20,24 @@ from egrpo.errors import ConfigError
 WORKER = Path(__file__).parent / "sharded_worker.py"
 
 
+TINY = {"num_layers": 2, "num_single_layers": 1}  # both kinds of FLUX block (micro.yaml has no single block)
+
+
+def sharded_model(tmp_path) -> Path:
+    from egrpo.model import run_build_model
+
+    cfg = micro_config(tmp_path)
+    cfg["model"]["tiny"].update(TINY)
+    return run_build_model(validate(cfg), tmp_path / "model")
+
+
 def launch(tmp_path, model_dir, sharding: str, name: str, kill_after: int | None = None) -> subprocess.CompletedProcess:
     heldout = {"every": 2, "metrics": ["prompt_color"], "num_prompts": 1, "images_per_prompt": 1}
-    cfg = validate(micro_config(tmp_path, train={"iterations": 3, "prompts_per_iteration": 2, "checkpoint_every": 1,
+    cfg = micro_config(tmp_path, train={"iterations": 3, "prompts_per_iteration": 2, "checkpoint_every": 1,
                                                   "learning_rate": 1e-2, "finetune": "full", "sharding": sharding,
-                                                  "heldout": heldout}))
+                                                  "heldout": heldout})
+    cfg["model"]["tiny"].update(TINY)
+    cfg = validate(cfg)
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"plan": [{"start": 0, "length": 1}, {"start": 1, "length": 2}]}))
@@ -39,7 +52,8 @@ def launch(tmp_path, model_dir, sharding: str, name: str, kill_after: int | None
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_fsdp_trains_what_data_parallel_trains_and_resumes(tmp_path, tiny_model_dir):
+def test_fsdp_trains_what_data_parallel_trains_and_resumes(tmp_path):
+    tiny_model_dir = sharded_model(tmp_path)
     unsharded = launch(tmp_path, tiny_model_dir, "none", "ddp")
     assert unsharded.returncode == 0, unsharded.stderr[-3000:]
     killed = launch(tmp_path, tiny_model_dir, "fsdp", "fsdp", kill_after=1)
