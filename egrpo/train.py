@@ -221,6 +221,11 @@ class Trainer:
 
         if not (self.state_dir / "state.json").is_file():
             return False
+        written_sharded = (self.state_dir / "sharded").is_dir()
+        if written_sharded != self.sharded:
+            how = lambda sharded: "sharded (train.sharding: fsdp, several processes)" if sharded else "unsharded"
+            raise UserError(f"--resume-dir: the resume state in {self.state_dir} was written {how(written_sharded)} and "
+                            f"this run is {how(self.sharded)}; run it as it was, or delete the folder to start over")
         if self.sharded:
             from egrpo import sharding
             sharding.load_sharded(self.model.transformer, self.optimizer, self.state_dir)

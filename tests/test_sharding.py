@@ -111,3 +111,15 @@ def test_prompts_must_split_evenly_over_processes(tmp_path, tiny_model_dir):
                             env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "train.prompts_per_iteration: 3 prompts per iteration cannot be split evenly over 2 processes" in result.stderr
+
+
+def test_resume_state_written_sharded_is_not_read_unsharded(tmp_path, tiny_model_dir):
+    from egrpo.errors import UserError
+    from egrpo.train import run_train
+
+    state = tmp_path / "resume/state"
+    (state / "sharded").mkdir(parents=True)
+    (state / "state.json").write_text(json.dumps({"iteration": 1}))
+    cfg = validate(micro_config(tmp_path, train={"iterations": 2, "finetune": "full"}))
+    with pytest.raises(UserError, match="was written sharded .* this run is unsharded"):
+        run_train(cfg, "dancegrpo", "color", 0, str(tiny_model_dir), None, tmp_path / "o", tmp_path / "resume")
