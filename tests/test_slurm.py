@@ -17,6 +17,12 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    import socket
+
+    with socket.socket() as probe:  # slurmctld's port: a controller left running (e.g. by a killed test run)
+        if probe.connect_ex(("127.0.0.1", 6817)) == 0:  # would make ours exit with "Address already in use"
+            pytest.fail("port 6817 is taken: a slurmctld is already running here (a killed earlier run's?); "
+                        "stop it (pkill slurmctld slurmd munged) and run again")
     state = tmp_path_factory.mktemp("slurm")
     env = dict(os.environ, SLURM_LOCAL_DIR=str(state), FAKE_GPUS="2")
     up = subprocess.run(["bash", str(ROOT / "tools/slurm_local.sh"), "up"], env=env, capture_output=True, text=True,
