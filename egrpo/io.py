@@ -50,6 +50,12 @@ def atomic_dir(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, path)
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Put the finished directory `tmp` at `path`, replacing what was there (the old one is moved
+    aside first, then removed)."""
     old = path.with_name(f".{path.name}.old")
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)

@@ -17,16 +17,11 @@ backwards (each one all-gathers, each backward reduce-scatters). The trainer kee
 """
 from __future__ import annotations
 
-import logging
-import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
-
-log = logging.getLogger("egrpo.sharding")
 
 
 def block_lists(transformer) -> list[torch.nn.ModuleList]:
@@ -92,7 +87,7 @@ def save_sharded(module: torch.nn.Module, optimizer: torch.optim.Optimizer, dire
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from egrpo.io import as_created
+    from egrpo.io import as_created, replace_dir
 
     main = dist.get_rank() == 0
     tmp = None
@@ -106,12 +101,7 @@ def save_sharded(module: torch.nn.Module, optimizer: torch.optim.Optimizer, dire
     dist.barrier()
     if main:
         write_main(tmp)
-        old = directory.with_name(f".{directory.name}.old")
-        if directory.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, directory)
     dist.barrier()
 
 
