@@ -89,9 +89,8 @@ def test_mlflow_runs_are_quiet_where_git_is_missing(tmp_path):
     repo = tmp_path / "checkout"
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    bindir = tmp_path / "bin"                   # PATH with python and nothing else: no git
-    bindir.mkdir()
-    (bindir / "python").symlink_to(sys.executable)
+    bindir = tmp_path / "bin"                   # an empty PATH: no git (python is called by its full path,
+    bindir.mkdir()                              # which keeps the venv: a copy or link elsewhere would lose it)
     probe = repo / "job.py"
     probe.write_text(
         "import sys\n"
@@ -107,7 +106,7 @@ def test_mlflow_runs_are_quiet_where_git_is_missing(tmp_path):
     assert shutil.which("git", path=env["PATH"]) is None
 
     def run(mode):
-        return subprocess.run([str(bindir / "python"), str(probe), mode], cwd=repo, env=env, capture_output=True, text=True)
+        return subprocess.run([sys.executable, str(probe), mode], cwd=repo, env=env, capture_output=True, text=True)
 
     quiet = run("egrpo")
     assert quiet.returncode == 0, quiet.stderr[-2000:]
