@@ -79,10 +79,11 @@ def _broadcast_path(path: Path | None) -> Path:
 
 
 def save_sharded(module: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path,
-                 write_main) -> None:
-    """Each process writes its shards of the weights and optimizer state (torch.distributed.checkpoint)
-    into a fresh sibling of `directory`; process 0 adds its files with `write_main(tmp)` and swaps
-    the folder into place in one rename, so a crash mid-save leaves the previous state intact."""
+                 write_main, extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Each process writes its shards of the weights, optimizer state and `extra` tensors (sharded
+    like the weights: the EMA) with torch.distributed.checkpoint into a fresh sibling of `directory`;
+    process 0 adds its files with `write_main(tmp)` and swaps the folder into place in one rename, so
+    a crash mid-save leaves the previous state intact."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -97,7 +98,10 @@ def save_sharded(module: torch.nn.Module, optimizer: torch.optim.Optimizer, dire
         as_created(tmp)
     tmp = _broadcast_path(tmp)
     model_state, optimizer_state = get_state_dict(module, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(tmp / "sharded"))
+    state = {"model": model_state, "optimizer": optimizer_state}
+    if extra:
+        state["extra"] = dict(extra)
+    dcp.save(state, checkpoint_id=str(tmp / "sharded"))
     dist.barrier()
     if main:
         write_main(tmp)
@@ -105,8 +109,10 @@ def save_sharded(module: torch.nn.Module, optimizer: torch.optim.Optimizer, dire
     dist.barrier()
 
 
-def load_sharded(module: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:
-    """Read what `save_sharded` wrote back into the sharded module and optimizer (every process).
+def load_sharded(module: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path,
+                 extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Read what `save_sharded` wrote back into the sharded module, optimizer and `extra` tensors
+    (in place; every process).
 
     The fresh optimizer's state dict has AdamW moments for every parameter; the saved one lacks
     those of parameters that never had a gradient (FLUX's last text branch), hence a partial load:
@@ -117,5 +123,7 @@ def load_sharded(module: torch.nn.Module, optimizer: torch.optim.Optimizer, dire
 
     model_state, optimizer_state = get_state_dict(module, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
+    if extra:
+        state["extra"] = dict(extra)
     dcp.load(state, checkpoint_id=str(directory / "sharded"), planner=DefaultLoadPlanner(allow_partial_load=True))
     set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])

@@ -1,9 +1,10 @@
-"""The GRPO training loop, shared by every algorithm: rollout -> reward -> advantage -> PPO-clip.
+"""The GRPO training loop, shared by every algorithm: rollout -> score -> update (PPO-clip).
 
-Randomness of iteration t is drawn from a generator seeded by (seed, t) alone, so a run resumed
-from a checkpoint draws exactly what an unbroken run draws. Resume state (weights, optimizer,
-iteration, counters, log rows, MLflow run id) lives in `resume_dir`, outside the job's declared
-outputs, because Snakemake deletes the outputs of a failed job; it is cleared after success.
+The phases: `Trainer.rollout` (the algorithm's groups, egrpo.rollout), `score_groups` (decode,
+rewards, group advantages: egrpo.scoring), `Trainer.update` (PPO-clip over the stored transitions,
+one optimizer step per unit of the algorithm). Randomness of iteration t is drawn from a generator
+seeded by (seed, t) alone, so a run resumed from its resume state (egrpo.resume) draws exactly what
+an unbroken run draws. The held-out curve is egrpo.heldout.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +22,14 @@ from tqdm import tqdm
 
 from egrpo import sde
 from egrpo.algorithms import build_algorithm
-from egrpo.algorithms.base import AdvantageRule
 from egrpo.device import peak_memory_gib, reset_peak_memory, select_device
 from egrpo.errors import UserError
+from egrpo.heldout import HeldoutCurve
 from egrpo.io import atomic_dir, atomic_write_json, atomic_write_text, load_prompts
-from egrpo.model import FlowModel, add_lora, load_pipeline, save_policy, trainable_state_dict
+from egrpo.model import FlowModel, add_lora, load_pipeline, save_policy
+from egrpo.resume import ResumeState
 from egrpo.rewards import RewardSetting
+from egrpo.scoring import ScoredGroups, score_groups
 from egrpo.tracking import stage_run
 
 log = logging.getLogger("egrpo.train")
@@ -41,52 +43,6 @@ def iteration_generator(seed: int, iteration: int) -> torch.Generator:
 def forward_equivalents(state: dict) -> int:
     """Cost axis: rollout forwards + 3 x training forward+backward + reference (KL) forwards."""
     return state["nfe_rollout"] + 3 * state["nfe_train"] + state.get("nfe_reference", 0)
-
-
-@dataclass
-class ScoredGroups:
-    advantages: list[torch.Tensor]    # one [G] tensor per group
-    rewards: torch.Tensor             # combined reward of every final sample [sum of G*labels]
-    components: dict[str, torch.Tensor]
-    zero_std_ratio: float
-    nonfinite: int
-
-
-def score_groups(groups, model: FlowModel, setting: RewardSetting, prompts, adv_clip: float,
-                 rule: AdvantageRule = AdvantageRule()) -> ScoredGroups:
-    """Decode every final sample, score it, and turn the rewards into advantages per (group, label).
-
-    rule.combination sum_then_normalize: A = norm(sum_r w_r r_r); normalize_then_sum:
-    A = sum_r w_r norm(r_r). norm uses rule's std (sample / population, or the whole batch's with
-    global_std) and eps. The labels of a group (E-GRPO's strides) are normalized separately and their
-    advantages summed. A sample with any non-finite component is dropped (advantage 0). Advantages
-    come back on the model's device.
-    """
-    keys = [(gi, label) for gi, g in enumerate(groups) for label in g.finals]
-    latents = torch.cat([groups[gi].finals[label] for gi, label in keys])
-    texts = [prompts[groups[gi].prompt_index].text for gi, label in keys for _ in range(groups[gi].finals[label].shape[0])]
-    images = model.decode(latents)
-    components = {name: scores.float().cpu() for name, scores in setting.components(images, texts).items()}
-    combined = setting.combine(components)
-    valid = torch.stack([torch.isfinite(scores) for scores in components.values()]).all(0)
-    nan = torch.full_like(combined, float("nan"))
-    to_normalize = {"combined": (torch.where(valid, combined, nan), 1.0)} if rule.combination == "sum_then_normalize" \
-        else {name: (torch.where(valid, scores, nan), setting.weights[name]) for name, scores in components.items()}
-    global_std = {name: sde.batch_std(r, rule.unbiased) for name, (r, _) in to_normalize.items()} if rule.global_std else {}
-    advantages = [torch.zeros(g.finals[next(iter(g.finals))].shape[0]) for g in groups]  # cpu: advantages live on the CPU; train_transition moves them
-    offset, zero_std, nonfinite = 0, 0, 0
-    for gi, label in keys:
-        size = groups[gi].finals[label].shape[0]
-        part = slice(offset, offset + size)
-        offset += size
-        for name, (rewards, weight) in to_normalize.items():
-            advantages[gi] += weight * sde.group_advantages(rewards[part], rule.eps, rule.unbiased, global_std.get(name))
-        finite = combined[part][valid[part]]
-        nonfinite += size - finite.numel()
-        zero_std += int(finite.numel() < 2 or float(finite.std(unbiased=False)) == 0.0)
-    device = getattr(model, "device", torch.device("cpu"))
-    advantages = [a.clamp(-adv_clip, adv_clip).to(device) for a in advantages]
-    return ScoredGroups(advantages, torch.where(valid, combined, nan), components, zero_std / max(1, len(keys)), nonfinite)
 
 
 @dataclass
@@ -139,7 +95,7 @@ class Trainer:
         self.cfg, self.seed = cfg, seed
         self.algorithm_name, self.reward_setting_name = algorithm, reward_setting
         self.tcfg = cfg["train"]
-        self.out_dir, self.resume_dir = Path(out_dir), Path(resume_dir)
+        self.out_dir = Path(out_dir)
         self.prompts = load_prompts(cfg["prompts"]["train"], "prompts.train")
         plan = None
         if plan_path:
@@ -196,54 +152,18 @@ class Trainer:
             _, self.optimizer = self.accelerator.prepare(transformer, self.optimizer)
         self.state = {"iteration": 0, "nfe_rollout": 0, "nfe_train": 0, "prompts_seen": 0,
                       "wall_s": 0.0, "rows": [], "heldout": [], "mlflow_run_id": None, "resumed_from": None}
-        self._heldout_rewards, self._heldout_prompts = {}, None
+        self.resume = ResumeState(resume_dir, self.tcfg["finetune"], self.sharded)
+        self.heldout = HeldoutCurve(cfg, self.accelerator.is_main_process, self.sharded)
 
     # ---- resume ---------------------------------------------------------------------------------
-    @property
-    def state_dir(self) -> Path:
-        return self.resume_dir / "state"
-
     def save_resume(self) -> None:
-        from safetensors.torch import save_file
-
-        if self.sharded:  # every process writes its shards
-            from egrpo import sharding
-            sharding.save_sharded(self.model.transformer, self.optimizer, self.state_dir,
-                                  lambda tmp: (tmp / "state.json").write_text(json.dumps(self.state)))
-            return
-        with atomic_dir(self.state_dir) as tmp:
-            save_file(trainable_state_dict(self.model.transformer, self.tcfg["finetune"]), str(tmp / "weights.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps(self.state))
+        self.resume.save(self.model.transformer, self.optimizer, self.state)
 
     def load_resume(self) -> bool:
-        from safetensors.torch import load_file
-
-        if not (self.state_dir / "state.json").is_file():
-            return False
-        written_sharded = (self.state_dir / "sharded").is_dir()
-        if written_sharded != self.sharded:
-            how = lambda sharded: "sharded (train.sharding: fsdp, several processes)" if sharded else "unsharded"
-            raise UserError(f"--resume-dir: the resume state in {self.state_dir} was written {how(written_sharded)} and "
-                            f"this run is {how(self.sharded)}; run it as it was, or delete the folder to start over")
-        if self.sharded:
-            from egrpo import sharding
-            sharding.load_sharded(self.model.transformer, self.optimizer, self.state_dir)
-            return self._resumed(json.loads((self.state_dir / "state.json").read_text()))
-        weights = load_file(str(self.state_dir / "weights.safetensors"))
-        if self.tcfg["finetune"] == "lora":
-            from peft import set_peft_model_state_dict
-            set_peft_model_state_dict(self.model.transformer, weights)
-        else:
-            self.model.transformer.load_state_dict(weights, strict=True)
-        self.optimizer.load_state_dict(torch.load(self.state_dir / "optimizer.pt", weights_only=True))
-        return self._resumed(json.loads((self.state_dir / "state.json").read_text()))
-
-    def _resumed(self, state: dict) -> bool:
-        self.state = state
-        self.state["resumed_from"] = self.state["iteration"]
-        log.info("resuming from iteration %d (%s)", self.state["iteration"], self.state_dir)
-        return True
+        state = self.resume.load(self.model.transformer, self.optimizer)
+        if state is not None:
+            self.state = state
+        return state is not None
 
     def optimizer_step(self) -> float:
         """Average the gradients over processes, clip their norm, step, clear; returns the norm
@@ -443,42 +363,11 @@ class Trainer:
             "wall_s": st["wall_s"],
         }
 
-    # ---- held-out curve -------------------------------------------------------------------------
-    @torch.no_grad()
-    def heldout(self) -> dict:
-        """Mean held-out rewards of the current policy: ODE samples of the first eval prompts from
-        fixed noise (the same for every algorithm and seed), as `egrpo evaluate` samples them.
-        Unsharded: the main process alone. Sharded: every process samples (each forward gathers the
-        weights from all of them) and the main process scores; the others get {}."""
-        from egrpo.evaluate import sample_images
-
-        h, model = self.tcfg["heldout"], self.model
-        main = self.accelerator.is_main_process
-        if self._heldout_prompts is None:
-            from egrpo.rewards import build_reward
-            self._heldout_rewards = {r: build_reward(r, self.cfg) for r in h["metrics"]} if main else {}
-            self._heldout_prompts = load_prompts(self.cfg["prompts"]["eval"], "prompts.eval")[:h["num_prompts"]]
-        rounding, model.round_timesteps = model.round_timesteps, False  # as `egrpo evaluate` samples
-        nfe = model.nfe
-        try:
-            images, texts = [], []
-            for p, m, s, image in sample_images(model, self._heldout_prompts, self.cfg["sampling"]["num_steps"],
-                                                self.cfg["sampling"]["shift"], h["images_per_prompt"], h["seed"],
-                                                progress=False):
-                images.append(image)
-                texts.append(self._heldout_prompts[p].text)
-        finally:
-            model.nfe, model.round_timesteps = nfe, rounding  # measurement, not training cost
-        if not main:
-            return {}
-        batch = torch.stack(images)
-        return {f"heldout_{r}": float(fn(batch, texts).float().mean()) for r, fn in self._heldout_rewards.items()}
-
     def heldout_point(self) -> dict:
-        """The held-out rewards at the current cost (call it where `heldout_here` is true)."""
+        """The held-out rewards at the current cost (on the processes that measure)."""
         st = self.state
         return {"iteration": st["iteration"], "forward_equivalents": forward_equivalents(st),
-                "wall_s": st["wall_s"], **self.heldout()}
+                "wall_s": st["wall_s"], **self.heldout.measure(self.model)}
 
     def budget_spent(self) -> bool:
         budget = self.tcfg["max_forward_equivalents"]
@@ -506,10 +395,7 @@ class Trainer:
             bar = tqdm(range(self.state["iteration"], iterations), initial=self.state["iteration"], total=iterations,
                        desc=f"train {self.algorithm_name}/{self.reward_setting_name}/seed{self.seed}", unit="it",
                        disable=not main)
-            every, every_fe = self.tcfg["heldout"]["every"], self.tcfg["heldout"]["every_forward_equivalents"]
-            heldout_on = every is not None or every_fe is not None
-            heldout_here = heldout_on and (main or self.sharded)  # sharded: every process samples
-            if heldout_here and not self.state.get("heldout"):
+            if self.heldout.measured_here and not self.state.get("heldout"):
                 self.state["heldout"] = [self.heldout_point()]  # the base model, at zero cost
             for it in bar:
                 if self.budget_spent():
@@ -521,9 +407,7 @@ class Trainer:
                 self.state["rows"].append(row)
                 self.state["iteration"] = it + 1
                 last = it + 1 == iterations or self.budget_spent()
-                due = (every is not None and (it + 1) % every == 0) or \
-                    (every_fe is not None and forward_equivalents(self.state) // every_fe > fe_before // every_fe)
-                if heldout_here and (due or last):
+                if self.heldout.due(it + 1, fe_before, forward_equivalents(self.state), last):
                     point = self.heldout_point()
                     self.state["heldout"].append(point)
                     row.update({k: v for k, v in point.items() if k.startswith("heldout_")})
@@ -547,7 +431,7 @@ class Trainer:
                 mlflow.log_artifact(str(self.out_dir / "train_log.csv"))
         self.accelerator.wait_for_everyone()
         if main:
-            remove_resume_state(self.resume_dir)
+            self.resume.clear()
         return metrics
 
     def write_outputs(self, policy: dict | None = None) -> dict:
@@ -594,22 +478,6 @@ def _fault_injection(done: int) -> None:
 
     if os.environ.get("EGRPO_KILL_AFTER_ITERATION") == str(done):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def remove_resume_state(resume_dir: Path) -> None:
-    """After success the resume state goes, and so do the folders that held only it: up to the
-    workflow's `resume/` folder (resume/<algorithm>/<reward setting>/seed<k>), never a non-empty one."""
-    shutil.rmtree(resume_dir, ignore_errors=True)
-    parents = list(Path(resume_dir).parents)[:3]
-    if not any(p.name == "resume" for p in parents):
-        return
-    for parent in parents:
-        try:
-            parent.rmdir()
-        except OSError:   # not empty (another run's state) or already gone
-            break
-        if parent.name == "resume":
-            break
 
 
 def run_train(cfg, algorithm, reward_setting, seed, model_dir, plan_path, out_dir, resume_dir) -> dict:

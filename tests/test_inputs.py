@@ -126,7 +126,7 @@ def test_per_style_table(tmp_path):
 
 
 def test_resume_state_and_its_empty_folders_go_after_success(tmp_path):
-    from egrpo.train import remove_resume_state
+    from egrpo.resume import remove_resume_state
 
     exp = tmp_path / "results/exp"
     for seed in (0, 1):

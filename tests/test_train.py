@@ -276,7 +276,7 @@ def test_score_groups_drops_a_sample_with_any_nonfinite_component():
     from egrpo.algorithms.base import AdvantageRule
     from egrpo.rewards import RewardSetting
     from egrpo.rollout import Group
-    from egrpo.train import score_groups
+    from egrpo.scoring import score_groups
 
     class Decoder:
         def decode(self, latents):
@@ -309,7 +309,7 @@ def test_reward_combination_two_rewards():
     from egrpo.algorithms.base import AdvantageRule
     from egrpo.io import Prompt
     from egrpo.rollout import Group
-    from egrpo.train import score_groups
+    from egrpo.scoring import score_groups
 
     class Decoder:
         def decode(self, latents):

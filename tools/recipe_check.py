@@ -25,7 +25,8 @@ def main() -> None:
 
     from egrpo.config import load
     from egrpo.threshold import run_threshold
-    from egrpo.train import Trainer, score_groups
+    from egrpo.scoring import score_groups
+    from egrpo.train import Trainer
 
     cfg = load(args.config)
     tmp = Path(tempfile.mkdtemp(prefix="egrpo-recipe-"))
