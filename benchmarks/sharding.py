@@ -22,13 +22,12 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, benchmark_config, machine  # noqa: E402
+from common import benchmark_config, machine  # noqa: E402
 
 # 8 heads x 64 (dim 512), 2 double + 6 single blocks: 44 M parameters in the transformer
 LARGE = {"seed": 0, "text_hidden": 64, "text_layers": 1, "attention_heads": 8, "head_dim": 64,

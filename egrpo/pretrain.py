@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from egrpo import sde
 from egrpo.device import select_device
 from egrpo.io import atomic_dir, atomic_write_json
 from egrpo.tinyworld import PALETTE, POSITIONS, SHAPES, SIZES, TEMPLATES, Scene, alignment, parse, render

@@ -183,7 +183,6 @@ def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8, min_size
     captioned with its prompt. Small images are enlarged (nearest neighbour) to `min_size` px."""
     import textwrap
 
-    import numpy as np
     from PIL import Image, ImageDraw
 
     rows, labels, seen, files_of_first = [], [], set(), []
