@@ -1,6 +1,6 @@
 """Peak memory of a training job on the default config against weights + gradients + optimizer.
 
-    python benchmarks/memory.py [--algorithm egrpo]
+    python benchmarks/memory.py [--algorithm egrpo] [--iterations 3] [--prompts-per-iteration N]
 
 Runs `egrpo train` on the default config (a few iterations) in a child process and reads its
 peak RSS; the reference is the bytes of every model weight (transformer, VAE, text encoders) plus
@@ -35,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithm", default="egrpo")
     parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--prompts-per-iteration", type=int, default=None, help="default: the config's")
     args = parser.parse_args()
 
     from egrpo.config import validate
@@ -46,6 +47,8 @@ def main() -> None:
     for key in ("train", "eval"):
         cfg["prompts"][key] = str(ROOT / cfg["prompts"][key])
     cfg["train"]["iterations"] = args.iterations
+    if args.prompts_per_iteration:
+        cfg["train"]["prompts_per_iteration"] = args.prompts_per_iteration
     cfg["mlflow"] = {"tracking_uri": f"sqlite:///{tmp}/mlflow.db"}
     for settings in (cfg.get("reward_models") or {}).values():   # the shipped models/tinyclip, from anywhere
         if (ROOT / settings["path"]).exists():

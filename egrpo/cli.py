@@ -94,22 +94,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    """Quiet the libraries through their environment switches, read when (and if) they are first
+    imported: importing transformers / diffusers here only to call their setters would cost every
+    stage ~4 s, the model-free ones (threshold, report, claims) included."""
+    for var, value in {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "GIT_PYTHON_REFRESH": "quiet",
+                       "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+                       "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}.items():
+        os.environ.setdefault(var, value)
     warnings.filterwarnings("ignore", message=".*torchvision.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     for name in ("transformers", "diffusers", "mlflow", "alembic", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        from diffusers.utils import logging as df_logging
-        df_logging.set_verbosity_error()
-        df_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def _relaunch_with_accelerate(gpus: int) -> None:

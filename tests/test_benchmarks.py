@@ -84,7 +84,7 @@ def test_iteration_benchmark_toy():
 
 def test_memory_benchmark_one_iteration():
     """From a fresh clone on the default config, which trains the shipped tiny world."""
-    out = run("benchmarks/memory.py", "--iterations", "1")
+    out = run("benchmarks/memory.py", "--iterations", "1", "--prompts-per-iteration", "1")
     ratio = float(next(l for l in out.splitlines() if l.startswith("RESULT peak_rss_over_state")).split()[-1])
     assert ratio > 1   # a process holds more than its weights, gradients and AdamW moments
 

@@ -5,46 +5,20 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import copy_workflow
+from snakemake_runs import copy_workflow, job_counts, snakemake_local
 
 pytestmark = pytest.mark.slow
 RES = Path("results/micro")
-EXPECTED_JOBS = {"build_model": 1, "profile": 1, "threshold": 1, "train": 2, "evaluate": 3, "report": 1}
 
 
 def snakemake(workdir, *args):
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tests/data/micro.yaml",
-                           *args], cwd=workdir, capture_output=True, text=True)
+    return snakemake_local(workdir, *args)
 
 
-def job_counts(output: str) -> dict:
-    counts, in_table = {}, False
-    for line in output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
-                counts[parts[0]] = int(parts[1])
-            elif line.strip() and not line.startswith("-"):
-                in_table = False
-    counts.pop("all", None)
-    counts.pop("total", None)
-    return counts
-
-
-@pytest.fixture(scope="module")
-def workflow(tmp_path_factory):
-    """A copy of the workflow, run once to completion."""
-    work = copy_workflow(tmp_path_factory.mktemp("wf"))
-    dry = snakemake(work, "-n")
-    assert dry.returncode == 0, dry.stderr
-    assert job_counts(dry.stdout + dry.stderr) == EXPECTED_JOBS
-    run = snakemake(work)
-    assert run.returncode == 0, run.stderr[-4000:]
-    return work
+@pytest.fixture
+def workflow(finished_micro_dag):
+    """The micro DAG, run once to completion for the whole test run (read-only here)."""
+    return finished_micro_dag
 
 
 def test_every_output_exists(workflow):
@@ -86,7 +60,8 @@ def test_one_mlflow_run_per_job(workflow):
     assert ids == set(train["run_id"])
 
 
-def test_report_html_and_compare_agree_with_the_table(workflow):
+def test_report_html_and_compare_agree_with_the_table(micro_dag_copy):
+    workflow = micro_dag_copy
     import pandas as pd
 
     r = workflow / RES / "report"
@@ -110,7 +85,8 @@ def test_report_html_and_compare_agree_with_the_table(workflow):
     pd.testing.assert_frame_equal(from_mlflow[from_files.columns], from_files, check_dtype=False, atol=1e-6)
 
 
-def test_noop_rerun_and_forced_stage_rerun(workflow):
+def test_noop_rerun_and_forced_stage_rerun(micro_dag_copy):
+    workflow = micro_dag_copy
     again = snakemake(workflow, "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     dance = workflow / RES / "train/dancegrpo/color/seed0/metrics.json"
@@ -123,7 +99,8 @@ def test_noop_rerun_and_forced_stage_rerun(workflow):
     assert egrpo.stat().st_mtime_ns != before[1]
 
 
-def test_bad_config_override_is_one_line(workflow):
+def test_bad_config_override_is_one_line(micro_dag_copy):
+    workflow = micro_dag_copy
     bad = snakemake(workflow, "-n", "--config", "sampling={\"group_size\": 1}")
     assert bad.returncode != 0
     errors = [l for l in bad.stderr.splitlines() if "config error" in l]
@@ -156,9 +133,10 @@ def job_resources(output: str) -> dict:
     return found
 
 
-def test_set_resources_on_the_command_line_keeps_the_rest(workflow):
+def test_set_resources_on_the_command_line_keeps_the_rest(micro_dag_copy):
     """Job sizes live in the config's `resources:`; --set-resources changes one value of one rule
     and keeps every other value, also under the SLURM profile (whose own block it would replace)."""
+    workflow = micro_dag_copy
     plain = job_resources(snakemake(workflow, "-n", "--forceall", "--profile", "profiles/slurm").stdout)
     assert plain["train"]["mem_mb"] == "4000" and plain["train"]["gpu"] == "0" and plain["train"]["runtime"] == "240"
     assert plain["profile"]["slurm_partition"] == "debug"                     # the profile's side
@@ -170,13 +148,17 @@ def test_set_resources_on_the_command_line_keeps_the_rest(workflow):
 
 def test_claims_dag_pretrains_then_writes_claims(tmp_path):
     """model.source: pretrain puts the pretrain rule in the DAG (its tinyclip is the reward), and
-    claims.enabled adds the claims stage: claims.md / claims.json with every claim's numbers."""
+    claims.enabled adds the claims stage: claims.md / claims.json with every claim's numbers. The
+    claims need no evaluation: asked for alone they run pretrain, profile, threshold, train, claims
+    (the report path is the micro DAG's, above)."""
     work = copy_workflow(tmp_path / "wf")
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
-                          "tests/data/micro_claims.yaml"], cwd=work, capture_output=True, text=True)
+    dry = snakemake_local(work, "-n", config="tests/data/micro_claims.yaml")
+    assert job_counts(dry.stdout + dry.stderr) == {"pretrain": 1, "profile": 1, "threshold": 1, "train": 6,
+                                                   "evaluate": 7, "report": 1, "claims": 1}, dry.stderr[-3000:]
+    run = snakemake_local(work, "results/micro_claims/report/claims.json", config="tests/data/micro_claims.yaml")
     assert run.returncode == 0, run.stderr[-4000:]
     counts = job_counts(run.stdout + run.stderr)
-    assert counts == {"pretrain": 1, "profile": 1, "threshold": 1, "train": 6, "evaluate": 7, "report": 1, "claims": 1}
+    assert counts == {"pretrain": 1, "profile": 1, "threshold": 1, "train": 6, "claims": 1}
     r = work / "results/micro_claims"
     assert (r / "pretrain/tinyworld/model_index.json").is_file() and (r / "pretrain/tinyclip/config.json").is_file()
     claims = json.loads((r / "report/claims.json").read_text())

@@ -1,6 +1,11 @@
-"""Faults on the local executor: killed jobs, --keep-going, Ctrl-C; concurrent MLflow writers."""
+"""Faults on the local executor: killed jobs, --keep-going, Ctrl-C; concurrent MLflow writers.
+
+Each fault test starts from a copy of the finished micro DAG and changes the train config
+(`LONGER`), so that exactly the train jobs and what depends on them run again: the faults hit what
+they are about without rebuilding the model, the profile and the plan every time."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,9 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import copy_workflow
-from test_dag import job_counts
+from snakemake_runs import job_counts, snakemake_local
 
 pytestmark = pytest.mark.slow
 RES = Path("results/micro")
@@ -18,18 +21,19 @@ LONGER = ["--config", 'train={"iterations": 3, "checkpoint_every": 1}']
 
 
 def snakemake(work, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tests/data/micro.yaml",
-                           *args], cwd=work, capture_output=True, text=True, env=env, timeout=600)
+    return snakemake_local(work, *args, env=env, timeout=600)
 
 
-def test_killed_jobs_keep_going_then_resume(tmp_path):
-    work = copy_workflow(tmp_path)
+def test_killed_jobs_keep_going_then_resume(micro_dag_copy):
+    work = micro_dag_copy
+    res = work / RES
+    shutil.rmtree(res / "eval/base")   # an independent job that must still run while the train jobs die
     killing = dict(os.environ, EGRPO_KILL_AFTER_ITERATION="2")
     first = snakemake(work, *LONGER, "--keep-going", "--retries", "0", env=killing)
     assert first.returncode != 0
-    res = work / RES
-    # independent jobs finished; the killed ones left no output that looks complete
-    assert (res / "eval/base/summary.json").is_file() and (res / "plan/plan.json").is_file()
+    assert job_counts(first.stdout + first.stderr) == {"train": 2, "evaluate": 3, "report": 1}
+    # the independent job finished; the killed ones left no output that looks complete
+    assert (res / "eval/base/summary.json").is_file()
     for algorithm in ("egrpo", "dancegrpo"):
         run = res / f"train/{algorithm}/color/seed0"
         assert not (run / "metrics.json").exists() and not (run / "checkpoint").exists()
@@ -38,21 +42,26 @@ def test_killed_jobs_keep_going_then_resume(tmp_path):
     second = snakemake(work, *LONGER)
     assert second.returncode == 0, second.stderr[-3000:]
     counts = job_counts(second.stdout + second.stderr)
-    assert counts["train"] == 2 and "profile" not in counts and "threshold" not in counts
+    assert counts == {"train": 2, "evaluate": 2, "report": 1}, counts
     for algorithm in ("egrpo", "dancegrpo"):
         metrics = json.loads((res / f"train/{algorithm}/color/seed0/metrics.json").read_text())
         assert metrics["resumed_from_iteration"] == 2 and metrics["iterations"] == 3
     assert not list((res / "resume").rglob("state.json")), "resume state cleared after success"
 
 
-def test_snakemake_retry_resumes_into_same_result_as_unbroken(tmp_path):
-    broken = copy_workflow(tmp_path / "a")
-    unbroken = copy_workflow(tmp_path / "b")
+def test_snakemake_retry_resumes_into_same_result_as_unbroken(micro_dag_copy, tmp_path):
+    """DanceGRPO (random steps per sample and iteration: the harder resume) through Snakemake's
+    retry; tests/test_train.py does the same for E-GRPO with the CLI alone."""
+    broken = micro_dag_copy
+    unbroken = Path(shutil.copytree(broken, tmp_path / "unbroken", symlinks=True))
     env = dict(os.environ, EGRPO_KILL_AFTER_ITERATION="1")
-    assert snakemake(broken, *LONGER, "--retries", "1", "--until", "train", env=env).returncode == 0
-    assert snakemake(unbroken, *LONGER, "--until", "train").returncode == 0
+    target = str(RES / "train/dancegrpo/color/seed0/metrics.json")
+    retried = snakemake(broken, target, *LONGER, "--retries", "1", env=env)
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    assert job_counts(retried.stdout + retried.stderr) == {"train": 1}
+    assert snakemake(unbroken, target, *LONGER).returncode == 0
     volatile = {"wall_s", "mlflow_run_id", "resumed_from_iteration"}
-    for algorithm in ("egrpo", "dancegrpo"):
+    for algorithm in ("dancegrpo",):
         a = json.loads((broken / RES / f"train/{algorithm}/color/seed0/metrics.json").read_text())
         b = json.loads((unbroken / RES / f"train/{algorithm}/color/seed0/metrics.json").read_text())
         assert a["resumed_from_iteration"] == 1 and b["resumed_from_iteration"] is None
@@ -68,28 +77,33 @@ def wait_for(condition, what: str, timeout: float = 600) -> None:
         time.sleep(0.2)
 
 
-def test_ctrl_c_then_continue(tmp_path):
+def test_ctrl_c_then_continue(micro_dag_copy):
     """Ctrl-C while a training job runs, then the same command again: it finishes without redoing
     the finished jobs. Driven by conditions, not sleeps: the signal goes once a train job has
-    started (its log exists), when the report cannot be done yet on any machine speed; the child
-    gets SIGINT's default action back even when the suite runs with SIGINT ignored (nohup, &)."""
-    work = copy_workflow(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "tests/data/micro.yaml"],
-                            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    started (its log is rewritten), when the report cannot be done yet on any machine speed; the
+    child gets SIGINT's default action back even when the suite runs with SIGINT ignored (nohup, &)."""
+    work = micro_dag_copy
+    table = work / RES / "report/table.csv"
+    table_before = table.stat().st_mtime_ns
     train_logs = work / RES / "logs/train"
-    wait_for(lambda: train_logs.is_dir() and any(train_logs.rglob("*.log")) or proc.poll() is not None,
-             "a train job to start")
+    logs_before = {p: p.stat().st_mtime_ns for p in train_logs.rglob("*.log")}
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "tests/data/micro.yaml",
+                             *LONGER], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    started = lambda: any(p.stat().st_mtime_ns != t for p, t in logs_before.items() if p.exists()) or \
+        any(not p.exists() for p in logs_before)
+    wait_for(lambda: started() or proc.poll() is not None, "a train job to start")
     assert proc.poll() is None, "the workflow ended before a train job started:\n" + proc.stdout.read()[-3000:]
-    assert not (work / RES / "report/table.csv").exists()
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0, output[-3000:]
-    assert not (work / RES / "report/table.csv").exists()
-    again = snakemake(work)
+    assert "Traceback" not in output, output[-3000:]
+    assert not table.exists() or table.stat().st_mtime_ns == table_before, "no report from an interrupted run"
+    again = snakemake(work, *LONGER)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert (work / RES / "report/table.csv").is_file()
-    assert "build_model" not in job_counts(again.stdout + again.stderr)
+    assert table.is_file() and table.stat().st_mtime_ns != table_before
+    counts = job_counts(again.stdout + again.stderr)
+    assert "build_model" not in counts and "profile" not in counts and counts["report"] == 1
 
 
 def free_port() -> int:

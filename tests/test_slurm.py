@@ -4,15 +4,15 @@ Marked `slurm`: CI runs it as root; the fixture brings the cluster up and tears 
 cluster that cannot start fails the test with the reason (it is not skipped).
 """
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, real_slurm_env
+from snakemake_runs import copy_workflow
 
-from conftest import ROOT, copy_workflow
-
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# one worker: the cluster is one per machine (port 6817), brought up once for the module
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def cluster(tmp_path_factory):
             pytest.fail("port 6817 is taken: a slurmctld is already running here (a killed earlier run's?); "
                         "stop it (pkill slurmctld slurmd munged) and run again")
     state = tmp_path_factory.mktemp("slurm")
-    env = dict(os.environ, SLURM_LOCAL_DIR=str(state), FAKE_GPUS="2")
+    env = dict(real_slurm_env(), SLURM_LOCAL_DIR=str(state), FAKE_GPUS="2")
     up = subprocess.run(["bash", str(ROOT / "tools/slurm_local.sh"), "up"], env=env, capture_output=True, text=True,
                         timeout=600)
     if up.returncode != 0:
@@ -41,7 +41,7 @@ def run_on_slurm(work, *extra, env=None, set_resources=GPU_STAGES):
     --set-resources gives the GPU stages a (fake) GPU on top of the config's resources."""
     return subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm",
                            "--configfile", "tests/data/micro.yaml", "--set-resources", *set_resources, *extra],
-                          cwd=work, capture_output=True, text=True, timeout=900, env=env)
+                          cwd=work, capture_output=True, text=True, timeout=900, env=real_slurm_env(env))
 
 
 def test_preflight_stops_a_job_no_node_can_run_before_submitting(cluster, tmp_path):
@@ -68,7 +68,7 @@ def test_tiny_dag_through_the_slurm_profile(cluster, tmp_path):
     work = copy_workflow(tmp_path)
     # every train job is SIGKILLed after its first iteration on the first attempt: the profile's
     # retries start it again, and it resumes from the checkpoint kept outside its outputs
-    env = dict(os.environ, EGRPO_KILL_AFTER_ITERATION="1")
+    env = dict(real_slurm_env(), EGRPO_KILL_AFTER_ITERATION="1")
     result = run_on_slurm(work, "--config", 'train={"iterations": 2, "checkpoint_every": 1}', env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     res = work / "results/micro"
@@ -102,8 +102,8 @@ def test_tiny_dag_through_the_slurm_profile(cluster, tmp_path):
     # the profile answers a dry run by name after `egrpo install-profile`
     home = tmp_path / "home"
     link = subprocess.run([sys.executable, "-m", "egrpo", "install-profile"], capture_output=True, text=True,
-                          env=dict(os.environ, XDG_CONFIG_HOME=str(home)))
+                          env=dict(real_slurm_env(), XDG_CONFIG_HOME=str(home)))
     assert link.returncode == 0 and (home / "snakemake/slurm/config.yaml").is_file()
     dry = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-n"], cwd=work,
-                         capture_output=True, text=True, env=dict(os.environ, XDG_CONFIG_HOME=str(home)))
+                         capture_output=True, text=True, env=dict(real_slurm_env(), XDG_CONFIG_HOME=str(home)))
     assert dry.returncode == 0, dry.stderr[-2000:]
