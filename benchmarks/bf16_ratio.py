@@ -43,7 +43,7 @@ def main() -> None:
 
     from egrpo import sde
     from egrpo.algorithms import build_algorithm
-    from egrpo.model import FlowModel, load_pipeline
+    from egrpo.models import FlowModel, load_pipeline
 
     cfg = load_config(args.config)
     from egrpo.threshold import merge_plan  # noqa: E402  (pure math, no config validation)
@@ -60,7 +60,8 @@ def main() -> None:
         cfg["model"]["dtype"] = dtype
         model = FlowModel(load_pipeline(cfg, cfg["model"]["path"]), cfg, device)
         for name in args.algorithms:
-            algo = build_algorithm(name, cfg, plan if name == "egrpo" else None)
+            algo = build_algorithm(name, cfg, plan if name == "egrpo" else None,
+                                   sigmas=model.sigmas(cfg["sampling"]["num_steps"]))
             model.round_timesteps = algo.timestep_rounding
             devs = []
             with torch.no_grad():

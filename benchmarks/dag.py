@@ -40,7 +40,7 @@ def main() -> None:
     t_noop, noop = timed(snake + micro + ["-n"], work)
     assert "Nothing to be done" in noop.stdout + noop.stderr, "a complete run must leave nothing to do"
     # start-up of one job: imports + config + model load, without any sampling
-    startup_code = ("from egrpo.config import load; from egrpo.model import FlowModel, load_pipeline; "
+    startup_code = ("from egrpo.config import load; from egrpo.models import FlowModel, load_pipeline; "
                     "import egrpo.train, egrpo.tracking, mlflow; "
                     "cfg = load(sys.argv[1]); FlowModel(load_pipeline(cfg, sys.argv[2]), cfg)")
     config = sorted((work / "results/micro/configs").glob("*.yaml"))[-1]

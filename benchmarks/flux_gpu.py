@@ -90,9 +90,10 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     if args.lora:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from egrpo.model import add_lora
+        from egrpo.models import add_lora
+        from egrpo.models.flux import Flux
         model.requires_grad_(False)
-        add_lora(model, 64, 64)
+        add_lora(model, 64, 64, Flux.lora_targets)
         if not args.no_checkpointing:
             model.enable_gradient_checkpointing()
     else:

@@ -106,7 +106,7 @@ def run_dag(device: str, work: Path) -> dict:
 
 def _tokenizers(words: list[str], t5_length: int):
     """The tiny world's offline tokenizers with FLUX's lengths: CLIP 77 tokens, T5 `t5_length`."""
-    from egrpo.model import build_tokenizers
+    from egrpo.models.tokenizers import build_tokenizers
 
     clip_tok, t5_tok = build_tokenizers(words, t5_length)
     clip_tok.model_max_length = 77

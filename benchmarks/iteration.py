@@ -72,7 +72,7 @@ def main() -> None:
         trainer.optimizer.zero_grad(set_to_none=True)
 
     finals = row["groups"] * 12
-    latents = torch.randn(finals, model.num_tokens, model.channels)
+    latents = torch.randn(finals, *model.family.latent_shape)
     images = model.decode(latents)
     setting = RewardSetting(cfg["reward_settings"]["color"], cfg)
     prompts = ["a red circle on a blue background"] * finals

@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from egrpo.config import validate
-    from egrpo.model import add_lora, load_pipeline, run_build_model
+    from egrpo.models import add_lora, family_of, load_pipeline, run_build_model
     from egrpo.threshold import make_plan
 
     tmp = Path(tempfile.mkdtemp(prefix="egrpo-mem-"))
@@ -64,7 +64,7 @@ def main() -> None:
     weights = sum(p.numel() * p.element_size() for m in (pipe.transformer, pipe.vae, pipe.text_encoder,
                                                           pipe.text_encoder_2) for p in m.parameters())
     if cfg["train"]["finetune"] == "lora":
-        add_lora(pipe.transformer, cfg["train"]["lora_rank"], cfg["train"]["lora_alpha"])
+        add_lora(pipe.transformer, cfg["train"]["lora_rank"], cfg["train"]["lora_alpha"], family_of(pipe).lora_targets)
     trainable = sum(p.numel() * p.element_size() for p in pipe.transformer.parameters() if p.requires_grad)
     reference_mb = (weights + 3 * trainable) / 2**20
 

@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from egrpo.config import validate
-    from egrpo.model import run_build_model
+    from egrpo.models import run_build_model
     from egrpo.threshold import make_plan
     from egrpo.train import Trainer
     import json

@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args()
 
-    from egrpo.model import load_pipeline, run_build_model
+    from egrpo.models import load_pipeline, run_build_model
     from egrpo.threshold import make_plan
 
     cfg = benchmark_config(LARGE, resolution=32, group_size=4, num_steps=8)

@@ -181,7 +181,7 @@ def _dispatch(args) -> None:
         return
     _quiet_libraries()
     if args.command == "build-model":
-        from egrpo.model import run_build_model
+        from egrpo.models import run_build_model
         run_build_model(cfg, args.out)
     elif args.command == "pretrain":
         from egrpo.pretrain import run_pretrain

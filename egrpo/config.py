@@ -191,6 +191,9 @@ def _check_semantics(cfg: dict) -> None:
     if train["sharding"] == "fsdp" and m["compile"]:
         raise ConfigError("model.compile: not supported with train.sharding fsdp (the compiled module would "
                           "bypass FSDP's gathers); set one of them off")
+    if m["source"] == "pretrain" and m["family"] not in (None, "flux"):
+        raise ConfigError(f"model.family: {m['family']!r} cannot be pretrained; `egrpo pretrain` trains the tiny world's "
+                          "FLUX (use model.source tiny for a tiny random model of another family)")
     if m["source"] == "pretrained" and not m["path"]:
         raise ConfigError("model.path: model.source 'pretrained' needs a local path or Hub id")
     res = cfg["sampling"]["resolution"]

@@ -12,10 +12,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from egrpo import sde
 from egrpo.config import reward_names
 from egrpo.io import atomic_write_json, atomic_write_text, load_prompts
-from egrpo.model import FlowModel, load_pipeline, load_policy
+from egrpo.models import FlowModel, family_of, load_pipeline, load_policy
 from egrpo.rewards import build_reward
 from egrpo.rollout import ode_run
 from egrpo.tracking import stage_run
@@ -27,10 +26,9 @@ def image_seed(base: int, prompt_index: int, image_index: int) -> int:
     return base * 1_000_003 + prompt_index * 1009 + image_index
 
 
-def sample_images(model: FlowModel, prompts, num_steps: int, shift: float, per_prompt: int, seed: int,
-                  progress: bool = True):
+def sample_images(model: FlowModel, prompts, num_steps: int, per_prompt: int, seed: int, progress: bool = True):
     """Yield (prompt index, image index, seed, image [3, H, W]) for every prompt and image."""
-    sigmas = sde.sigma_schedule(num_steps, shift)
+    sigmas = model.sigmas(num_steps)
     grid = list(range(num_steps + 1))
     for p, prompt in enumerate(tqdm(prompts, desc="evaluate", unit="prompt", disable=not progress)):
         cond = model.encode([prompt.text])
@@ -86,15 +84,14 @@ def run_evaluate(cfg: dict, name: str, model_dir, checkpoint, out_dir) -> dict:
         tags.update(algorithm=algorithm, reward_setting=reward_setting, seed=seed.removeprefix("seed"))
     pipe = load_pipeline(cfg, model_dir)
     if checkpoint:
-        load_policy(pipe.transformer, checkpoint)
+        load_policy(pipe.transformer, checkpoint, family_of(pipe).lora_targets)
     model = FlowModel(pipe, cfg, resolution=ecfg["resolution"], guidance=ecfg["guidance"])
     rewards = {r: build_reward(r, cfg) for r in names}
     with stage_run(cfg, "evaluate", tags, run_name=f"evaluate-{name}") as (mlflow, run):
         rows, grid = [], []
         image_dir = out_dir / "images"
         image_dir.mkdir(parents=True, exist_ok=True)
-        for p, m, s, image in sample_images(model, prompts, num_steps, cfg["sampling"]["shift"],
-                                            ecfg["images_per_prompt"], ecfg["seed"]):
+        for p, m, s, image in sample_images(model, prompts, num_steps, ecfg["images_per_prompt"], ecfg["seed"]):
             batch = image.unsqueeze(0)
             scores = {r: float(fn(batch, [prompts[p].text])[0]) for r, fn in rewards.items()}
             rows.append({"prompt_index": p, "prompt": prompts[p].text, "style": prompts[p].style,

@@ -55,8 +55,7 @@ class HeldoutCurve:
         try:
             images, texts = [], []
             for p, _, _, image in sample_images(model, self._prompts, self.cfg["sampling"]["num_steps"],
-                                                self.cfg["sampling"]["shift"], self.h["images_per_prompt"],
-                                                self.h["seed"], progress=False):
+                                                self.h["images_per_prompt"], self.h["seed"], progress=False):
                 images.append(image)
                 texts.append(self._prompts[p].text)
         finally:

@@ -234,7 +234,7 @@ def train_tinyclip(model, tokenizer, images: torch.Tensor, scenes: list[Scene], 
 # ---- evaluation of the base model -----------------------------------------------------------------
 
 @torch.no_grad()
-def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: int, shift: float, seed: int) -> dict:
+def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: int, seed: int) -> dict:
     """Rule-based alignment of the base model's ODE samples, beside chance and the ceiling.
 
     chance:  the same images scored against the scene of a shuffled caption (a model that ignores
@@ -248,8 +248,8 @@ def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: i
     if not prompts:
         return {"alignment": None, "chance": None, "ceiling": None, "num_prompts": 0, "images_per_prompt": per_prompt}
     scenes = [parse(p) for p in prompts]
-    images = {(p, m): img for p, m, _, img in sample_images(model, [Prompt(t) for t in prompts], num_steps, shift,
-                                                          per_prompt, seed)}
+    images = {(p, m): img for p, m, _, img in sample_images(model, [Prompt(t) for t in prompts], num_steps, per_prompt,
+                                                          seed)}
     rng = random.Random(seed)
     shuffled = list(range(len(prompts)))
     while len(prompts) > 1 and any(i == j for i, j in enumerate(shuffled)):
@@ -267,7 +267,7 @@ def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: i
 def run_pretrain(cfg: dict, out_dir) -> dict:
     """Train the tiny world's VAE + flow transformer (-> out/tinyworld) and tinyclip (-> out/tinyclip)."""
     from egrpo.io import load_prompts
-    from egrpo.model import FlowModel, build_tiny_pipeline, load_pipeline
+    from egrpo.models import FlowModel, build_tiny_pipeline, load_pipeline
     from egrpo.tracking import stage_run
 
     pcfg, res = cfg["pretrain"], cfg["sampling"]["resolution"]
@@ -314,7 +314,7 @@ def run_pretrain(cfg: dict, out_dir) -> dict:
         eval_prompts = [p.text for p in load_prompts(cfg["prompts"]["eval"], "prompts.eval")]
         base = FlowModel(load_pipeline(cfg, out_dir / "tinyworld"), cfg)
         score = alignment_vs_chance(base, eval_prompts, pcfg["eval_images_per_prompt"],
-                                    cfg["sampling"]["num_steps"], cfg["sampling"]["shift"], pcfg["seed"])
+                                    cfg["sampling"]["num_steps"], pcfg["seed"])
         clip_check = tinyclip_retrieval(out_dir / "tinyclip", scenes, res, pcfg["seed"])
         sizes = {name: sum(f.stat().st_size for f in (out_dir / name).rglob("*") if f.is_file())
                  for name in ("tinyworld", "tinyclip")}

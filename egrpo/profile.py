@@ -23,7 +23,7 @@ from tqdm import tqdm
 from egrpo import sde
 from egrpo.config import profile_reward_setting
 from egrpo.io import atomic_write_text, load_prompts, save_figure
-from egrpo.model import FlowModel, load_pipeline
+from egrpo.models import FlowModel, load_pipeline
 from egrpo.rewards import RewardSetting
 from egrpo.rollout import ode_lanes, ode_run, sde_sample
 from egrpo.tracking import stage_run
@@ -38,7 +38,7 @@ def measure(model: FlowModel, cfg: dict, setting: RewardSetting, prompts) -> pd.
     sampling, pcfg = cfg["sampling"], cfg["profile"]
     n, eta = sampling["num_steps"], sampling["eta"]
     group = pcfg["group_size"] or sampling["group_size"]
-    sigmas = sde.sigma_schedule(n, sampling["shift"])
+    sigmas = model.sigmas(n)
     generator = torch.Generator().manual_seed(pcfg["seed"])
     pairs = [(i, 1) for i in range(n)] + [(i, k) for k in pcfg["merge_lengths"] if k > 1 for i in range(n - k + 1)]
     rows = []

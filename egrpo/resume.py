@@ -43,7 +43,7 @@ class ResumeState:
         sharded, else the main process only)."""
         from safetensors.torch import save_file
 
-        from egrpo.model import trainable_state_dict
+        from egrpo.models import trainable_state_dict
 
         if self.sharded:
             from egrpo import sharding

@@ -115,7 +115,9 @@ def ode_lanes(velocity: Callable, lanes: list[tuple[torch.Tensor, list[int]]], c
     for t in range(ticks):
         active = [lane for lane, (_, grid) in enumerate(lanes) if t < len(grid) - 1]
         batch = torch.cat([xs[lane] for lane in active])
-        sigma = torch.cat([torch.full((xs[lane].shape[0],), float(sigmas[lanes[lane][1][t]])) for lane in active])  # cpu: FlowModel._forward moves timesteps
+        # float64, as the schedule: a state's timestep is the same whether it is fed alone or in lanes
+        lane_sigmas = [(xs[lane].shape[0], float(sigmas[lanes[lane][1][t]])) for lane in active]
+        sigma = torch.cat([torch.full((n,), s, dtype=torch.float64) for n, s in lane_sigmas])  # cpu: FlowModel moves timesteps
         step = max_batch or batch.shape[0]
         v = torch.cat([velocity(batch[i:i + step], sigma[i:i + step], cond) for i in range(0, batch.shape[0], step)])
         offset = 0
@@ -164,7 +166,8 @@ def sde_trajectory(velocity: Callable, x0: torch.Tensor, cond, sigmas: torch.Ten
         else:
             x_next = sde.ode_step(x, v, sigmas, i, i + 1)
         if i == n - 1:
-            x0_hat = sde.x0_prediction(x, v, float(sigmas[i])).expand(group_size, -1, -1)
+            x0_hat = sde.x0_prediction(x, v, float(sigmas[i]))
+            x0_hat = x0_hat.expand(group_size, *x0_hat.shape[1:])
         x = x_next
         states.append(x)
     return states, logps, x0_hat

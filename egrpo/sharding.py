@@ -24,13 +24,14 @@ from pathlib import Path
 import torch
 
 
-def block_lists(transformer) -> list[torch.nn.ModuleList]:
-    """The transformer's lists of blocks: FLUX's double- and single-stream blocks."""
-    return [m for name in ("transformer_blocks", "single_transformer_blocks")
-            if isinstance(m := getattr(transformer, name, None), torch.nn.ModuleList)]
+def block_lists(transformer, names=("transformer_blocks", "single_transformer_blocks")) -> list[torch.nn.ModuleList]:
+    """The transformer's lists of blocks (`Family.block_lists`: FLUX's double- and single-stream
+    blocks, SD3's and Qwen-Image's joint blocks)."""
+    return [m for name in names if isinstance(m := getattr(transformer, name, None), torch.nn.ModuleList)]
 
 
-def shard(module: torch.nn.Module, compute_dtype: torch.dtype, master_dtype: torch.dtype | None = None) -> torch.nn.Module:
+def shard(module: torch.nn.Module, compute_dtype: torch.dtype, master_dtype: torch.dtype | None = None,
+          blocks=("transformer_blocks", "single_transformer_blocks")) -> torch.nn.Module:
     """fully_shard each block, then the root (which holds the embedders and the output layer).
 
     master_dtype: the trainable parameters of each part become this dtype (fp32 masters) just
@@ -43,12 +44,16 @@ def shard(module: torch.nn.Module, compute_dtype: torch.dtype, master_dtype: tor
     # would drop its backward hook. diffusers' FLUX makes none (its next op is a cat or a norm), and
     # tests/test_sharding.py checks the sharded gradients against unsharded ones with both kinds of block.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPFlux.*returned a view tensor")
+    # cast_forward_inputs=False: the latents and the timestep reach the transformer in fp32, as the
+    # official FLUX trainers feed them (VisualGRPO's FSDP wrapper sets it too), not cast to bf16
+    # (int(1000 sigma)/1000 = 0.978 would arrive as 0.9766); tests/test_model.py checks both the input
+    # and what the time embedding sees against the official call
     policy = MixedPrecisionPolicy(param_dtype=None if compute_dtype == torch.float32 else compute_dtype,
-                                  reduce_dtype=torch.float32)
-    blocks = [b for blocks in block_lists(module) for b in blocks]
-    if not blocks:
-        raise ValueError(f"{type(module).__name__}: no transformer_blocks / single_transformer_blocks to shard")
-    for part in [*blocks, module]:  # the root last: its fully_shard takes the parameters no block took
+                                  reduce_dtype=torch.float32, cast_forward_inputs=False)
+    parts = [b for blocks_ in block_lists(module, blocks) for b in blocks_]
+    if not parts:
+        raise ValueError(f"{type(module).__name__}: none of the block lists {list(blocks)} to shard")
+    for part in [*parts, module]:  # the root last: its fully_shard takes the parameters no block took
         if master_dtype is not None:
             for p in part.parameters():
                 if p.requires_grad and p.dtype != master_dtype:

@@ -62,9 +62,28 @@ def merge_plan(sigmas, eta: float, tau: float, max_steps: int | None = None):
     return plan, skipped
 
 
+def schedule_of(cfg: dict, profile: pd.DataFrame | None):
+    """The sigma schedule [N+1] the plan is made on: the model's, as the profile measured it (its
+    sigma and sigma_next columns), else the static closed form (`sampling.schedule: static`)."""
+    import torch
+
+    sampling = cfg["sampling"]
+    if profile is not None and {"step", "sigma", "sigma_next"} <= set(profile.columns):
+        rows = profile.sort_values("step")
+        if len(rows) != sampling["num_steps"]:
+            raise UserError(f"--profile: {len(rows)} steps profiled, sampling.num_steps is {sampling['num_steps']}; "
+                            "profile again with this config")
+        values = list(rows["sigma"]) + [float(rows["sigma_next"].iloc[-1])]
+        return torch.tensor(values, dtype=torch.float64)  # cpu: the schedule, read as Python floats
+    if sampling.get("schedule", "static") != "static":
+        raise UserError("threshold: sampling.schedule 'pipeline' takes the model's schedule from the profile; "
+                        "give --profile (entropy.csv of `egrpo profile`)")
+    return sde.sigma_schedule(sampling["num_steps"], sampling["shift"])
+
+
 def make_plan(cfg: dict, profile: pd.DataFrame | None) -> dict:
     sampling, th = cfg["sampling"], cfg["threshold"]
-    sigmas = sde.sigma_schedule(sampling["num_steps"], sampling["shift"])
+    sigmas = schedule_of(cfg, profile)
     eta = sampling["eta"]
     entropies = sde.step_entropies(sigmas, eta)
     tau = choose_tau(cfg, entropies, profile)
@@ -84,6 +103,7 @@ def make_plan(cfg: dict, profile: pd.DataFrame | None) -> dict:
         "skipped": skipped,
         "max_steps": th["max_steps"] or sampling["num_steps"],
         "num_steps": sampling["num_steps"], "shift": sampling["shift"], "eta": eta,
+        "sigmas": [float(s) for s in sigmas],
         "step_entropies": entropies,
     }
 

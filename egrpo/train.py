@@ -26,7 +26,7 @@ from egrpo.device import peak_memory_gib, reset_peak_memory, select_device
 from egrpo.errors import UserError
 from egrpo.heldout import HeldoutCurve
 from egrpo.io import atomic_dir, atomic_write_json, atomic_write_text, load_prompts
-from egrpo.model import FlowModel, add_lora, load_pipeline, save_policy
+from egrpo.models import FlowModel, add_lora, load_pipeline, save_policy
 from egrpo.resume import ResumeState
 from egrpo.rewards import RewardSetting
 from egrpo.scoring import ScoredGroups, score_groups
@@ -100,7 +100,6 @@ class Trainer:
         plan = None
         if plan_path:
             plan = [(e["start"], e["length"]) for e in json.loads(Path(plan_path).read_text())["plan"]]
-        self.algo = build_algorithm(algorithm, cfg, plan)
         self.plan = plan
         self.setting = RewardSetting(cfg["reward_settings"][reward_setting], cfg)
         device = select_device(cfg)  # model.device: auto (this process's GPU, else the CPU), cpu, cuda[:N]
@@ -118,25 +117,28 @@ class Trainer:
         # global (not the thread-local sdpa_kernel context): autograd runs the backward on its own thread
         torch.backends.cuda.enable_cudnn_sdp(self.tcfg["cudnn_attention"])
         self.model = FlowModel(load_pipeline(cfg, model_dir), cfg, self.accelerator.device)
+        # the algorithm walks the model's schedule (sampling.schedule: static, or the family's pipeline's)
+        self.algo = build_algorithm(algorithm, cfg, plan, sigmas=self.model.sigmas(cfg["sampling"]["num_steps"]))
         self.model.round_timesteps = self.algo.timestep_rounding
         transformer = self.model.transformer
+        blocks = self.model.family.block_lists
         if self.tcfg["gradient_checkpointing"]:  # recompute block activations in the backward (FLUX scale)
             transformer.enable_gradient_checkpointing()
         if self.tcfg["finetune"] == "lora":
-            add_lora(transformer, self.tcfg["lora_rank"], self.tcfg["lora_alpha"])
+            add_lora(transformer, self.tcfg["lora_rank"], self.tcfg["lora_alpha"], self.model.family.lora_targets)
         else:
             if self.algo.kl_beta > 0:  # the reference policy of the KL term: a frozen copy of the base
                 import copy
                 self.model.reference = copy.deepcopy(transformer).requires_grad_(False).eval()
                 if self.sharded:  # at once: one full copy on the device at a time
                     from egrpo import sharding
-                    sharding.shard(self.model.reference, self.model.compute_dtype)
+                    sharding.shard(self.model.reference, self.model.compute_dtype, blocks=blocks)
             transformer.requires_grad_(True)
         # fp32 master weights of what is trained; the forward computes in model.dtype (autocast).
         # Sharded: each block becomes fp32 just before it is sharded, so no full fp32 copy exists.
         if self.sharded:
             from egrpo import sharding
-            sharding.shard(transformer, self.model.compute_dtype, master_dtype=torch.float32)
+            sharding.shard(transformer, self.model.compute_dtype, master_dtype=torch.float32, blocks=blocks)
         else:
             for p in transformer.parameters():
                 if p.requires_grad:
@@ -234,7 +236,8 @@ class Trainer:
             if p not in conds:
                 conds[p] = model.encode([self.prompts[p].text])
             prompt_groups = self.algo.rollout(model, conds[p], p, generator, it)
-            expected += self.algo.expected_rollout_nfe(prompt_groups)
+            # the closed forms count model calls per sample; true CFG makes each call two evaluations
+            expected += self.algo.expected_rollout_nfe(prompt_groups) * model.evaluations_per_call
             groups += prompt_groups
         return Rollout(groups, conds, model.nfe - nfe0, expected, len(prompt_ids))
 
@@ -329,7 +332,8 @@ class Trainer:
                 nfe_reference: int, elapsed: float) -> dict:
         """Account the iteration's cost into the run state and build its train_log.csv row."""
         model, nfe_rollout, expected_nfe, n_prompts = self.model, rollout.nfe, rollout.expected_nfe, rollout.prompts
-        expected_train = self.algo.expected_train_nfe(rollout.groups) * self.tcfg["inner_epochs"]
+        expected_train = (self.algo.expected_train_nfe(rollout.groups) * self.tcfg["inner_epochs"]
+                          * model.evaluations_per_call)
         if self.world > 1:  # totals over processes
             counts = self.accelerator.reduce(torch.tensor([nfe_rollout, nfe_train, nfe_reference, expected_nfe,
                                                            expected_train, n_prompts], device=model.device), "sum").tolist()
@@ -440,7 +444,8 @@ class Trainer:
         st, rows = self.state, self.state["rows"]
         prompts_seen = max(1, st["prompts_seen"])
         meta = {"algorithm": self.algorithm_name, "reward_setting": self.reward_setting_name, "seed": self.seed,
-                "iterations": st["iteration"], "lora_rank": self.tcfg["lora_rank"], "lora_alpha": self.tcfg["lora_alpha"]}
+                "iterations": st["iteration"], "family": self.model.family.name, "lora_rank": self.tcfg["lora_rank"],
+                "lora_alpha": self.tcfg["lora_alpha"], "lora_targets": list(self.model.family.lora_targets)}
         with atomic_dir(self.out_dir / "checkpoint") as tmp:
             save_policy(self.model.transformer, self.tcfg["finetune"], tmp, meta, state=policy)
         atomic_write_text(self.out_dir / "train_log.csv", pd.DataFrame(rows).to_csv(index=False))

@@ -12,7 +12,7 @@ import torch
 from egrpo.config import validate
 from egrpo.device import select_device
 from egrpo.errors import ConfigError, UserError
-from egrpo.model import FlowModel, load_pipeline
+from egrpo.models import FlowModel, load_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTORIES = {"tensor", "zeros", "ones", "full", "empty", "arange", "randn", "rand", "randint", "randperm",
@@ -71,15 +71,15 @@ def test_prompt_encodings_are_cached_and_equal_the_pipeline(tiny_model_dir, micr
     model = FlowModel(pipe, cfg)
     prompts = ["a red circle on a blue background", "a green square at the top, white background"]
     embeds, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device="cpu",
-                                           max_sequence_length=model.max_sequence_length)
+                                           max_sequence_length=model.family.max_sequence_length)
     calls = []
     pipe.text_encoder_2.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     cond = model.encode(prompts)
-    torch.testing.assert_close(cond.prompt_embeds, embeds)
-    torch.testing.assert_close(cond.pooled, pooled)
+    torch.testing.assert_close(cond.rows["prompt_embeds"], embeds)
+    torch.testing.assert_close(cond.rows["pooled"], pooled)
     again = model.encode(prompts[::-1] + prompts[:1])  # order and repeats follow the request, from the cache
     assert calls == [2]
-    torch.testing.assert_close(again.prompt_embeds, embeds[[1, 0, 0]])
+    torch.testing.assert_close(again.rows["prompt_embeds"], embeds[[1, 0, 0]])
     model.encode(["a small yellow triangle on the left of a purple background"])  # evicts the oldest
     assert calls == [2, 1] and len(model._prompt_cache) == 2
     assert next(pipe.text_encoder_2.parameters()).device.type == "cpu"  # offloaded between encodes

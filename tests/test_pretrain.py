@@ -45,7 +45,7 @@ def test_tinyclip_reward_scores_the_right_caption_higher_after_training(tmp_path
     """Trained on renderings, tinyclip must prefer the true caption (a real, if small, training run)."""
     from egrpo.pretrain import all_scenes, build_tinyclip, train_tinyclip
     from egrpo.rewards.clip import CLIPScorer
-    from egrpo.model import build_tokenizers
+    from egrpo.models.tokenizers import build_tokenizers
     from egrpo.tinyworld import caption, render
 
     cfg = validate(micro_config(tmp_path, sampling={"resolution": 16}, pretrain={
@@ -71,7 +71,7 @@ SHIPPED = ROOT / "models"
 @pytest.mark.skipif(not (SHIPPED / "tinyworld").is_dir(), reason="shipped weights not present")
 def test_shipped_models_match_the_default_config_and_beat_chance():
     from egrpo.config import load
-    from egrpo.model import FlowModel, load_pipeline
+    from egrpo.models import FlowModel, load_pipeline
 
     cfg = load(ROOT / "config/config.yaml")
     assert Path(cfg["model"]["path"]) == Path("models/tinyworld")

@@ -10,7 +10,7 @@ from egrpo.rewards import build_reward
 def tiny_clip_dir(tmp_path_factory):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from egrpo.model import build_tokenizers
+    from egrpo.models.tokenizers import build_tokenizers
 
     path = tmp_path_factory.mktemp("clip")
     tokenizer, _ = build_tokenizers(["a red circle on a blue background"], 16)

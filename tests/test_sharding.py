@@ -24,7 +24,7 @@ TINY = {"num_layers": 2, "num_single_layers": 1}  # both kinds of FLUX block (mi
 
 
 def sharded_model(tmp_path) -> Path:
-    from egrpo.model import run_build_model
+    from egrpo.models import run_build_model
 
     cfg = micro_config(tmp_path)
     cfg["model"]["tiny"].update(TINY)

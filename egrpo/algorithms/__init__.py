@@ -16,6 +16,7 @@ ALGORITHMS = {
 }
 
 
-def build_algorithm(name: str, cfg: dict, plan: list[tuple[int, int]] | None = None):
+def build_algorithm(name: str, cfg: dict, plan: list[tuple[int, int]] | None = None, sigmas=None):
+    """The algorithm `name` on the schedule `sigmas` ([N+1]; default: the static closed form)."""
     module, cls = ALGORITHMS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg, plan)
+    return getattr(importlib.import_module(module), cls)(cfg, plan, sigmas)

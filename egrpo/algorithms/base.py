@@ -34,12 +34,15 @@ class Algorithm:
     name = "base"
     uses_plan = False
 
-    def __init__(self, cfg: dict, plan: list[tuple[int, int]] | None = None):
+    def __init__(self, cfg: dict, plan: list[tuple[int, int]] | None = None, sigmas: torch.Tensor | None = None):
         sampling = cfg["sampling"]
         self.cfg = cfg
         self.num_steps = sampling["num_steps"]
         self.group_size = sampling["group_size"]
-        self.sigmas = sde.sigma_schedule(self.num_steps, sampling["shift"])
+        # the model's schedule (FlowModel.sigmas); E-GRPO's static closed form when none is given
+        self.sigmas = sde.sigma_schedule(self.num_steps, sampling["shift"]) if sigmas is None else sigmas
+        if len(self.sigmas) != self.num_steps + 1:
+            raise ValueError(f"sigmas: {len(self.sigmas)} values for {self.num_steps} steps")
         self.params = p = cfg["algorithm_params"][self.name]
         self.eta = sampling["eta"] if p["eta"] is None else p["eta"]
         self.mean_std: Callable = sde.dance_mean_std if p["sde"] == "dance" else sde.sde_mean_std

@@ -24,8 +24,8 @@ from egrpo.rollout import Group, Transition, sde_trajectory
 class DanceGRPO(Algorithm):
     name = "dancegrpo"
 
-    def __init__(self, cfg, plan=None):
-        super().__init__(cfg, plan)
+    def __init__(self, cfg, plan=None, sigmas=None):
+        super().__init__(cfg, plan, sigmas)
         p = self.params
         self.same_initial_noise = p["same_initial_noise"]
         self.reward_on = p["reward_on"]

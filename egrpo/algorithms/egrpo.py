@@ -31,8 +31,8 @@ class EGRPO(Algorithm):
     name = "egrpo"
     uses_plan = True
 
-    def __init__(self, cfg, plan=None):
-        super().__init__(cfg, plan)
+    def __init__(self, cfg, plan=None, sigmas=None):
+        super().__init__(cfg, plan, sigmas)
         if not plan:
             raise ValueError("egrpo needs a non-empty merge plan")
         self.plan = [(int(s), int(k)) for s, k in plan]

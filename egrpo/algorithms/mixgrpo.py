@@ -29,8 +29,8 @@ from egrpo.rollout import Group, Transition, ode_run
 class MixGRPO(Algorithm):
     name = "mixgrpo"
 
-    def __init__(self, cfg, plan=None):
-        super().__init__(cfg, plan)
+    def __init__(self, cfg, plan=None, sigmas=None):
+        super().__init__(cfg, plan, sigmas)
         p = self.params
         if self.num_steps < 3:
             raise ValueError("mixgrpo needs sampling.num_steps >= 3 (its window never covers the last two steps)")
@@ -65,7 +65,7 @@ class MixGRPO(Algorithm):
                 mean, std = self.mean_std(x, v, self.sigmas, i, i + 1, self.eta)
                 noise = model.initial_noise(g, generator) if i == w else \
                     torch.randn((g,) + tuple(x.shape[1:]), generator=generator).to(x.device)
-                x_next = mean.expand(g, -1, -1) + std * noise
+                x_next = mean.expand(g, *mean.shape[1:]) + std * noise
                 transitions.append(Transition(i, i + 1, x, x_next,
                                               sde.gaussian_log_prob(x_next, mean.expand_as(x_next), std)))
             else:
@@ -73,7 +73,7 @@ class MixGRPO(Algorithm):
             if i == n - 1 and self.reward_on == "x0_pred":
                 x_next = sde.x0_prediction(x, v, float(self.sigmas[i]))
             x = x_next
-        return [Group(prompt_index, {"g1": x.expand(g, -1, -1)}, transitions, {"window_start": w})]
+        return [Group(prompt_index, {"g1": x.expand(g, *x.shape[1:])}, transitions, {"window_start": w})]
 
     def expected_rollout_nfe(self, groups):
         if not self.same_initial_noise:
