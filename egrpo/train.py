@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from egrpo import sde
+from egrpo import ema, sde
 from egrpo.algorithms import build_algorithm
 from egrpo.device import peak_memory_gib, reset_peak_memory, select_device
 from egrpo.errors import UserError
@@ -43,6 +43,35 @@ def iteration_generator(seed: int, iteration: int) -> torch.Generator:
 def forward_equivalents(state: dict) -> int:
     """Cost axis: rollout forwards + 3 x training forward+backward + reference (KL) forwards."""
     return state["nfe_rollout"] + 3 * state["nfe_train"] + state.get("nfe_reference", 0)
+
+
+class PromptSampler:
+    """Which training prompts iteration t rolls out (over all processes), a pure function of
+    (seed, t), so a resumed run draws what an unbroken one draws.
+
+    epoch (the official trainers' shuffled DistributedSampler): epoch e is a permutation of the
+    prompts seeded by (seed, e); its first floor(n / P) * P entries make floor(n / P) iterations of
+    P prompts (the rest waits for a later epoch, as drop_last does): each prompt at most once per
+    epoch, never twice in one iteration. replacement: P independent uniform draws per iteration from
+    the iteration's generator (egrpo's earlier way: a prompt can form two groups of one step)."""
+
+    def __init__(self, num_prompts: int, per_iteration: int, seed: int, mode: str):
+        self.n, self.per_iteration, self.seed, self.mode = num_prompts, per_iteration, seed, mode
+        if mode == "epoch" and per_iteration > num_prompts:
+            raise UserError(f"train.prompts_per_iteration: {per_iteration} prompts per iteration but prompts.train has "
+                            f"{num_prompts}; epoch sampling draws a prompt at most once per iteration (set "
+                            "train.prompt_sampling: replacement, or give more prompts)")
+        self.per_epoch = max(1, num_prompts // per_iteration)
+
+    def epoch(self, iteration: int) -> int:
+        return iteration // self.per_epoch if self.mode == "epoch" else 0
+
+    def prompts(self, iteration: int, generator: torch.Generator) -> list[int]:
+        if self.mode == "replacement":
+            return torch.randint(self.n, (self.per_iteration,), generator=generator).tolist()  # cpu: prompt indices
+        epoch, slot = divmod(iteration, self.per_epoch)
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))  # cpu: prompt order
+        return order[slot * self.per_iteration:(slot + 1) * self.per_iteration].tolist()
 
 
 @dataclass
@@ -152,24 +181,37 @@ class Trainer:
             # optimizer step, which DDP's per-backward reduction cannot follow (a DDP forward outside
             # no_sync arms it): optimizer_step averages the gradients once per step instead.
             _, self.optimizer = self.accelerator.prepare(transformer, self.optimizer)
-        self.state = {"iteration": 0, "nfe_rollout": 0, "nfe_train": 0, "prompts_seen": 0,
+        # train.ema: an EMA of the trained weights, where the algorithm's recipe keeps one (egrpo/ema.py)
+        self.ema_setting = ema.resolve(self.tcfg["ema"], self.algo)
+        self.ema = ema.EMA(self.params, **self.ema_setting) if self.ema_setting else None
+        self.sampler = PromptSampler(len(self.prompts), self.tcfg["prompts_per_iteration"], seed,
+                                     self.tcfg["prompt_sampling"])
+        self.state = {"iteration": 0, "nfe_rollout": 0, "nfe_train": 0, "prompts_seen": 0, "optimizer_steps": 0,
                       "wall_s": 0.0, "rows": [], "heldout": [], "mlflow_run_id": None, "resumed_from": None}
         self.resume = ResumeState(resume_dir, self.tcfg["finetune"], self.sharded)
         self.heldout = HeldoutCurve(cfg, self.accelerator.is_main_process, self.sharded)
 
     # ---- resume ---------------------------------------------------------------------------------
     def save_resume(self) -> None:
-        self.resume.save(self.model.transformer, self.optimizer, self.state)
+        self.resume.save(self.model.transformer, self.optimizer, self.state, self.ema.state() if self.ema else None)
 
     def load_resume(self) -> bool:
-        state = self.resume.load(self.model.transformer, self.optimizer)
+        state = self.resume.load(self.model.transformer, self.optimizer, self.ema.state() if self.ema else None)
         if state is not None:
             self.state = state
         return state is not None
 
     def optimizer_step(self) -> float:
-        """Average the gradients over processes, clip their norm, step, clear; returns the norm
-        before clipping. Sharded gradients were already averaged by FSDP at every backward."""
+        """Average the gradients over processes, clip their norm, step, clear, fold the weights into
+        the EMA when it is due; returns the norm before clipping."""
+        norm = self._step()
+        self.state["optimizer_steps"] = steps = self.state.get("optimizer_steps", 0) + 1
+        if self.ema is not None:
+            self.ema.update(steps)
+        return norm
+
+    def _step(self) -> float:
+        """Sharded gradients were already averaged by FSDP at every backward."""
         if self.sharded:
             from egrpo import sharding
             norm = sharding.clip_grad_norm(self.params, self.tcfg["max_grad_norm"])
@@ -226,8 +268,8 @@ class Trainer:
         """Draw this iteration's prompts (a pure function of seed and iteration) and sample their groups."""
         model = self.model
         generator = iteration_generator(self.seed, it)
-        drawn = torch.randint(len(self.prompts), (self.tcfg["prompts_per_iteration"],), generator=generator)  # cpu: prompt indices from the CPU generator
-        prompt_ids = drawn[self.rank::self.world].tolist()  # each process rolls out its equal share of the prompts
+        drawn = self.sampler.prompts(it, generator)
+        prompt_ids = drawn[self.rank::self.world]  # each process rolls out its equal share of the prompts
         if self.world > 1:  # and draws its own noises
             generator = torch.Generator().manual_seed(iteration_generator(self.seed, it).initial_seed() * 64 + self.rank)
         nfe0 = model.nfe
@@ -348,6 +390,7 @@ class Trainer:
         finite_rewards = scored.rewards[torch.isfinite(scored.rewards)]
         return {
             "iteration": it + 1,
+            "epoch": self.sampler.epoch(it),
             "reward_mean": float(finite_rewards.mean()) if finite_rewards.numel() else math.nan,
             "reward_std": float(finite_rewards.std(unbiased=False)) if finite_rewards.numel() else math.nan,
             **{f"reward_{k}_mean": float(v[torch.isfinite(v)].mean()) for k, v in scored.components.items()},
@@ -370,8 +413,10 @@ class Trainer:
     def heldout_point(self) -> dict:
         """The held-out rewards at the current cost (on the processes that measure)."""
         st = self.state
+        with self.ema.applied("heldout") if self.ema else contextlib.nullcontext():
+            rewards = self.heldout.measure(self.model)
         return {"iteration": st["iteration"], "forward_equivalents": forward_equivalents(st),
-                "wall_s": st["wall_s"], **self.heldout.measure(self.model)}
+                "wall_s": st["wall_s"], **rewards}
 
     def budget_spent(self) -> bool:
         budget = self.tcfg["max_forward_equivalents"]
@@ -426,11 +471,13 @@ class Trainer:
                 if self.state["resumed_from"] is None:
                     _fault_injection(it + 1)
             policy = None
-            if self.sharded:  # gathered from every process's shards onto the main one
-                from egrpo import sharding
-                policy = sharding.full_state_dict(self.model.transformer)
+            with self.ema.applied("policy") if self.ema else contextlib.nullcontext():  # the EMA, where it is the policy
+                if self.sharded:  # gathered from every process's shards onto the main one
+                    from egrpo import sharding
+                    policy = sharding.full_state_dict(self.model.transformer)
+                if main:
+                    metrics = self.write_outputs(policy)
             if main:
-                metrics = self.write_outputs(policy)
                 mlflow.log_artifact(str(self.out_dir / "metrics.json"))
                 mlflow.log_artifact(str(self.out_dir / "train_log.csv"))
         self.accelerator.wait_for_everyone()
@@ -471,6 +518,9 @@ class Trainer:
             "device": self.model.device.type,
             "processes": self.world,
             "sharding": "fsdp" if self.sharded else "none",
+            "family": self.model.family.name,
+            "ema": self.ema_setting,
+            "prompt_sampling": self.tcfg["prompt_sampling"],
         }
         atomic_write_json(self.out_dir / "metrics.json", metrics)
         return metrics

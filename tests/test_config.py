@@ -34,6 +34,32 @@ def test_paper_config_and_its_one_gpu_overlay():
         {k: v for k, v in paper["train"].items() if k not in ("finetune", "sharding", "lora_rank", "lora_alpha")}
 
 
+def test_official_plan_overlay_and_the_family_configs():
+    """paper-official-plan.yaml gives VisualGRPO train_grpo_merge.sh's steps [1, 2, 3] unmerged (never
+    step 0) where paper.yaml's threshold also trains step 0; sd35.yaml and qwenimage.yaml validate on
+    their families with their recipes' samplers."""
+    import yaml
+    from snakemake.utils import update_config
+
+    from egrpo.threshold import make_plan
+
+    merged = yaml.safe_load(open("config/paper.yaml"))
+    update_config(merged, yaml.safe_load(open("config/paper-official-plan.yaml")))
+    official = validate(coerce_strings(merged))
+    assert [(e["start"], e["length"]) for e in make_plan(official, None)["plan"]] == [(1, 1), (2, 1), (3, 1)]
+    assert official["experiment"] == "paper_official_plan"
+    paper_plan = make_plan(load("config/paper.yaml"), None)["plan"]
+    assert paper_plan[0]["start"] == 0 and [e["length"] for e in paper_plan].count(2) == 2
+    sd35, qwen = load("config/sd35.yaml"), load("config/qwenimage.yaml")
+    assert sd35["model"]["family"] == "sd3" and sd35["sampling"]["schedule"] == "pipeline"
+    assert (sd35["sampling"]["num_steps"], sd35["sampling"]["guidance"], sd35["sampling"]["group_size"],
+            sd35["sampling"]["resolution"]) == (10, 4.5, 24, 512)
+    assert (sd35["train"]["lora_rank"], sd35["train"]["lora_alpha"], sd35["train"]["learning_rate"]) == (32, 64, 3e-4)
+    assert sd35["algorithm_params"]["flowgrpo"]["kl_beta"] == 0.01 and sd35["evaluate"]["num_steps"] == 40
+    assert qwen["model"]["family"] == "qwenimage" and qwen["sampling"]["guidance"] == 1.0
+    assert (qwen["sampling"]["num_steps"], qwen["sampling"]["resolution"], qwen["sampling"]["group_size"]) == (20, 720, 12)
+
+
 BAD = [
     ({"sampling": {"group_size": 1}}, "sampling.group_size"),
     ({"sampling": {"eta": -0.1}}, "sampling.eta"),
@@ -65,6 +91,11 @@ BAD = [
     ({"algorithm_params": {"egrpo": {"granular_list": [0]}}}, "algorithm_params.egrpo.granular_list.0"),
     ({"experiment": "has space"}, "experiment"),
     ({"train": {"prompts_per_iteration": 6}, "resources": {"train": {"gpu": 4}}}, "train.prompts_per_iteration"),
+    ({"model": {"family": "sdxl"}}, "model.family"),
+    ({"model": {"source": "pretrain", "family": "sd3"}}, "model.family"),
+    ({"sampling": {"schedule": "karras"}}, "sampling.schedule"),
+    ({"train": {"ema": {"decay": 1.5}}}, "train.ema"),
+    ({"train": {"prompt_sampling": "sometimes"}}, "train.prompt_sampling"),
 ]
 
 

@@ -153,3 +153,25 @@ def test_openclip_tokenize_matches_open_clip_rules_on_dirty_prompts():
     # without the cleaning the curly quotes are other bytes: the test above can fail
     raw = tokenizer("“a cat” on a mat", add_special_tokens=False)["input_ids"]
     assert [tokenizer.bos_token_id] + raw + [tokenizer.eos_token_id] != got[0][got[0] != 0].tolist()
+
+
+def test_special_token_strings_in_a_prompt_are_text():
+    """HPS and CLIP tokenize as open_clip does: a prompt has no special tokens. With a tokenizer that
+    pads with "!" (as laion/CLIP-ViT-H-14-laion2B-s32B-b79K does) and has merges for "!!!",
+    "amazing!!!" ends in the "!!!</w>" token (transformers' default made it three pad ids), and a
+    typed "<|endoftext|>" is its characters, split by open_clip's pattern, not the end of the prompt."""
+    from transformers import CLIPTokenizer
+
+    chars = list(byte_alphabet().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["!!", "!!!</w>", "<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[("!", "!"), ("!!", "!</w>")], model_max_length=77, pad_token="!")
+    assert tokenizer.pad_token_id == vocab["!"]
+    got = preprocess.openclip_tokenize(tokenizer, ["amazing!!! <|endoftext|> ok"], 77)[0]
+    text = ["a", "m", "a", "z", "i", "n", "g</w>", "!!!</w>",                      # amazing !!!
+            "<", "|</w>", "e", "n", "d", "o", "f", "t", "e", "x", "t</w>", "|", "></w>",  # <| endoftext |>
+            "o", "k</w>"]
+    expected = [tokenizer.bos_token_id] + [vocab[t] for t in text] + [tokenizer.eos_token_id]
+    assert got[:len(expected)].tolist() == expected and not got[len(expected):].any()
+    default = tokenizer("amazing!!! <|endoftext|> ok", add_special_tokens=False)["input_ids"]
+    assert vocab["!!!</w>"] not in default and tokenizer.pad_token_id in default   # what the fix changes

@@ -248,7 +248,7 @@ def test_mixgrpo_recipe_defaults():
 def test_flowgrpo_recipe_is_all_step_sde_first_steps_in_order():
     n, g = 8, 3
     algo = build_algorithm("flowgrpo", cfg_for(n, g))
-    assert algo.kl_beta == pytest.approx(0.04) and algo.num_trained == int(0.99 * n) == 7
+    assert algo.kl_beta == pytest.approx(0.01) and algo.num_trained == int(0.99 * n) == 7   # pickscore_sd3's beta
     assert algo.advantage.global_std and not algo.advantage.unbiased and algo.advantage.eps == 1e-4
     assert algo.eta == 0.7 and algo.mean_std is sde.sde_mean_std and not algo.timestep_rounding
     model = RecordingModel()

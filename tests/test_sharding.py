@@ -35,7 +35,9 @@ def launch(tmp_path, model_dir, sharding: str, name: str, kill_after: int | None
     heldout = {"every": 2, "metrics": ["prompt_color"], "num_prompts": 1, "images_per_prompt": 1}
     cfg = micro_config(tmp_path, train={"iterations": 3, "prompts_per_iteration": 2, "checkpoint_every": 1,
                                                   "learning_rate": 1e-2, "finetune": "full", "sharding": sharding,
-                                                  "heldout": heldout})
+                                                  "heldout": heldout,
+                                                  # an EMA (sharded like the weights under FSDP) is the policy
+                                                  "ema": {"decay": 0.5, "every": 1, "use_for": ["policy"]}})
     cfg["model"]["tiny"].update(TINY)
     cfg = validate(cfg)
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
@@ -88,6 +90,7 @@ def test_fsdp_trains_what_data_parallel_trains_and_resumes(tmp_path):
         assert a["forward_equivalents"] == b["forward_equivalents"]
         assert abs(a["heldout_prompt_color"] - b["heldout_prompt_color"]) < 1e-5
     assert metrics["sharding"] == "fsdp" and metrics["processes"] == 2 and metrics["resumed_from_iteration"] == 1
+    assert metrics["ema"]["decay"] == 0.5, "the checkpoints compared above are the (sharded, resumed) EMAs"
     assert not (tmp_path / "resume-fsdp").exists(), "resume state is cleared after success"
 
 

@@ -33,6 +33,7 @@ class AdvantageRule:
 class Algorithm:
     name = "base"
     uses_plan = False
+    ema_recipe: dict | None = None   # the EMA of the weights its official trainer keeps (train.ema: recipe)
 
     def __init__(self, cfg: dict, plan: list[tuple[int, int]] | None = None, sigmas: torch.Tensor | None = None):
         sampling = cfg["sampling"]

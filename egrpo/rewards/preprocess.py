@@ -106,14 +106,19 @@ def openclip_clean(text: str) -> str:
 
 def openclip_tokenize(tokenizer, prompts: list[str], context: int) -> torch.Tensor:
     """open_clip's `tokenize` with a transformers CLIP BPE tokenizer (same vocabulary and merges):
-    [sot] + BPE(cleaned prompt) + [eot], truncated to `context` with eot last, zero padded."""
+    [sot] + BPE(cleaned prompt) + [eot], truncated to `context` with eot last, zero padded.
+
+    The prompt is text, all of it: open_clip knows no special tokens inside a prompt, while
+    transformers matches special-token strings in the text. The laion ViT-H-14 tokenizer pads with
+    "!", so "amazing!!!" would become pad ids instead of the "!!!</w>" token, and a typed
+    "<|endoftext|>" would end the prompt (split_special_tokens=True tokenizes them as text)."""
     sot, eot = tokenizer.bos_token_id, tokenizer.eos_token_id
     out = torch.zeros(len(prompts), context, dtype=torch.long)  # cpu: token ids, moved by the scorer
     for i, prompt in enumerate(prompts):
         # open_clip truncates [sot] + bpe + [eot] to `context` and sets the last to eot: the first
         # context - 2 BPE tokens survive, which is what truncating the BPE tokens first gives
         bpe = tokenizer(openclip_clean(prompt), add_special_tokens=False, truncation=True,
-                        max_length=context - 2)["input_ids"]
+                        max_length=context - 2, split_special_tokens=True)["input_ids"]
         ids = [sot] + bpe + [eot]
         out[i, :len(ids)] = torch.tensor(ids)  # cpu: token ids
     return out
