@@ -36,7 +36,9 @@ rule all:
 onstart:
     # Every file the DAG reads must be there before any job starts (a dry run only warns, below).
     if INPUT_PROBLEMS:
-        sys.exit("egrpo: missing inputs: " + "; ".join(INPUT_PROBLEMS))
+        for problem in INPUT_PROBLEMS:
+            print(f"egrpo: missing input: {problem}", file=sys.stderr)
+        sys.exit(f"egrpo: {len(INPUT_PROBLEMS)} missing input(s), listed above; no job was started")
     # On SLURM: every job must fit some node of its partition, checked before anything is submitted
     # (egrpo/slurm.py); a request no node can ever give would otherwise pend forever.
     if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":

@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV file to write")
 
     stage("mlflow-init", "Create the MLflow store and experiment once, before parallel jobs start.")
+    text = ("Write the paper's prompt files from a downloaded HPDv2 (train.txt, test.txt: the 400 test prompts, "
+            "benchmark.json: hpsv2's 4 styles x 800 with their style); docs/paper-data.md says where to get it.")
+    p = sub.add_parser("prompts", help=text, description=text)
+    p.add_argument("--hpdv2", required=True, help="the HPDv2 download: train.json, test.json, benchmark/<style>.json")
+    p.add_argument("--out", required=True, help="output directory (e.g. data/hpd)")
     text = "List the registered rewards, what each needs and which original it reproduces."
     sub.add_parser("rewards", help=text, description=text)
     text = "Link profiles/<name> to ~/.config/snakemake/<name>, so that `snakemake --profile <name>` finds it."
@@ -172,6 +177,12 @@ def _dispatch(args) -> None:
         return
     if args.command == "install-profile":
         _install_profile(args.name, args.force)
+        return
+    if args.command == "prompts":
+        from egrpo.prompts import convert_hpdv2
+        counts = convert_hpdv2(args.hpdv2, args.out)
+        styles = ", ".join(f"{s} {n}" for s, n in counts["benchmark"].items())
+        print(f"{args.out}: train.txt {counts['train']} prompts, test.txt {counts['test']}, benchmark.json {styles}")
         return
     from egrpo.config import load
     cfg = load(args.config)

@@ -292,7 +292,8 @@ def input_problems(cfg: dict) -> list[str]:
 
     problems = []
     if cfg["model"]["source"] == "pretrained":
-        problems.append(_missing("model.path", cfg["model"]["path"], "the FLUX pipeline directory"))
+        problems.append(_missing("model.path", cfg["model"]["path"],
+                                 f"the {cfg['model'].get('family') or 'FLUX'} pipeline directory"))
     for name in reward_names(cfg):
         settings = cfg["reward_models"].get(name)
         produced = f"results/{cfg['experiment']}/"   # written by a rule of this DAG (pretrain)
@@ -301,12 +302,36 @@ def input_problems(cfg: dict) -> list[str]:
         problems.append(_missing(f"reward_models.{name}.path", settings["path"], f"the {name} weights"))
         if settings.get("processor"):
             problems.append(_missing(f"reward_models.{name}.processor", settings["processor"], f"the {name} tokenizer"))
-    for key in ("train", "eval"):
+    for key in ("train", "eval", "benchmark"):
+        if not cfg["prompts"].get(key):
+            continue
         try:
-            load_prompts(cfg["prompts"][key], f"prompts.{key}")
+            prompts = load_prompts(cfg["prompts"][key], f"prompts.{key}")
         except UserError as error:
             problems.append(str(error))
+            continue
+        if _tiny_world_prompts(prompts) and not _tiny_world_model(cfg):
+            problems.append(f"prompts.{key}: {cfg['prompts'][key]} holds the tiny world's captions, not prompts for "
+                            f"{cfg['model']['path']}; write the paper's prompt files with `egrpo prompts` "
+                            "(docs/paper-data.md)")
     return [p for p in problems if p]
+
+
+def _tiny_world_prompts(prompts) -> bool:
+    """Every prompt is a tiny-world caption ("a small red circle on the left of a blue background")."""
+    from egrpo.tinyworld import parse
+
+    return bool(prompts) and all(parse(p.text) is not None for p in prompts)
+
+
+def _tiny_world_model(cfg: dict) -> bool:
+    """A model of the tiny world: built (tiny) or trained (pretrain) by the DAG, or a local pretrained
+    directory that `egrpo pretrain` wrote (its pretrain.json beside it, as models/ ships it)."""
+    m = cfg["model"]
+    if m["source"] != "pretrained":
+        return True
+    path = Path(str(m["path"]))
+    return path.exists() and (path.parent / "pretrain.json").is_file()
 
 
 def profile_reward_setting(cfg: dict) -> str:

@@ -70,6 +70,24 @@ def evaluation_se(scores, metric: str) -> float:
     return float(per_prompt.std(ddof=1) / math.sqrt(len(per_prompt)))
 
 
+def score_benchmark(model: FlowModel, cfg: dict, rewards: dict, num_steps: int) -> pd.DataFrame:
+    """Every metric of every image of the benchmark prompts (prompts.benchmark, each with its style),
+    sampled as the evaluation prompts are, with their own seeds."""
+    ecfg = cfg["evaluate"]
+    prompts = load_prompts(cfg["prompts"]["benchmark"], "prompts.benchmark")
+    if not any(p.style for p in prompts):
+        from egrpo.errors import UserError
+        raise UserError(f"prompts.benchmark: {cfg['prompts']['benchmark']} gives no style; use the benchmark.json "
+                        "of `egrpo prompts` (or JSON with a style per prompt)")
+    rows = []
+    for p, m, s, image in sample_images(model, prompts, num_steps, ecfg["benchmark_images_per_prompt"],
+                                        ecfg["seed"] + 1):
+        scores = {r: float(fn(image.unsqueeze(0), [prompts[p].text])[0]) for r, fn in rewards.items()}
+        rows.append({"prompt_index": p, "prompt": prompts[p].text, "style": prompts[p].style, "image_index": m,
+                     "seed": s, **scores})
+    return pd.DataFrame(rows)
+
+
 def run_evaluate(cfg: dict, name: str, model_dir, checkpoint, out_dir) -> dict:
     from PIL import Image
 
@@ -101,17 +119,22 @@ def run_evaluate(cfg: dict, name: str, model_dir, checkpoint, out_dir) -> dict:
                 grid.append(image)
         table = pd.DataFrame(rows)
         atomic_write_text(out_dir / "scores.csv", table.to_csv(index=False))
+        styled = table if table["style"].notna().any() else None
+        if cfg["prompts"].get("benchmark"):  # hpsv2's benchmark: every metric per style
+            styled = score_benchmark(model, cfg, rewards, num_steps)
+            atomic_write_text(out_dir / "scores_benchmark.csv", styled.to_csv(index=False))
         summary = {"name": name, "num_prompts": len(prompts), "images_per_prompt": ecfg["images_per_prompt"],
                    "num_steps": num_steps, "resolution": model.resolution, "guidance": model.guidance,
                    "metrics": {r: {"mean": float(table[r].mean()), "std": float(table[r].std(ddof=0)),
                                    "se": evaluation_se(table, r)} for r in names},
                    "per_style": ({str(style): {r: float(g[r].mean()) for r in names}
-                                  for style, g in table.groupby("style")} if table["style"].notna().any() else {}),
+                                  for style, g in styled.groupby("style")} if styled is not None else {}),
                    "nfe": model.nfe, "mlflow_run_id": run.info.run_id}
         Image.fromarray(image_grid(grid, ecfg["images_per_prompt"] * 4)).save(out_dir / "grid.png")
         atomic_write_json(out_dir / "summary.json", summary)
         mlflow.log_metrics({f"eval_{r}": v["mean"] for r, v in summary["metrics"].items()})
         mlflow.log_metrics({f"eval_{r}_se": v["se"] for r, v in summary["metrics"].items()})
-        for f in ("scores.csv", "summary.json", "grid.png"):
-            mlflow.log_artifact(str(out_dir / f))
+        for f in ("scores.csv", "summary.json", "grid.png", "scores_benchmark.csv"):
+            if (out_dir / f).is_file():
+                mlflow.log_artifact(str(out_dir / f))
     return summary

@@ -84,7 +84,10 @@ def summary_table(per_policy: pd.DataFrame, metrics: list[str], baseline: str = 
 def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo") -> str:
     """The table as Markdown: mean ± std over seeds [the evaluation's SE], the best mean per metric
     in bold, % vs the baseline; notes below say what ± and SE are and when rows differ in compute."""
-    header = ["algorithm", "reward setting"] + metrics + [f"Δ% vs {baseline} ({m})" for m in metrics]
+    from egrpo.rewards import metric_label
+
+    header = ["algorithm", "reward setting"] + [metric_label(m) for m in metrics]
+    header += [f"Δ% vs {baseline} ({metric_label(m)})" for m in metrics]
     header += ["NFE", "fwd-equiv", "wall s", "GPU h", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = {m: table[f"{m}_mean"].max() for m in metrics}

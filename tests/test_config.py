@@ -173,8 +173,14 @@ def test_input_problems_name_every_missing_file(tmp_path, monkeypatch):
     assert problems[1].startswith("reward_models.hps.path: /path/to/HPS_v2.1_compressed.pt does not exist")
     assert problems[2].startswith("reward_models.hps.processor: laion/CLIP-ViT-H-14-laion2B-s32B-b79K is neither a "
                                   "local path nor in the Hugging Face cache")
-    assert problems[3] == f"prompts.eval: {empty} holds no prompts"
-    assert len(problems) == 4
+    assert problems[3].startswith(f"prompts.train: {cfg['prompts']['train']} holds the tiny world's captions, not "
+                                  f"prompts for {tmp_path / 'nope'}")   # a pretrained model on the tiny world's prompts
+    assert problems[4] == f"prompts.eval: {empty} holds no prompts"
+    assert len(problems) == 5
+    # the shipped tiny world (models/pretrain.json beside it) trains on its captions
+    (tmp_path / "nope").mkdir()
+    (tmp_path / "pretrain.json").write_text("{}")
+    assert not any("tiny world" in p for p in input_problems(cfg))
     # a Hub id already in the cache is there
     (tmp_path / "hub/models--laion--CLIP-ViT-H-14-laion2B-s32B-b79K/snapshots/abc").mkdir(parents=True)
     assert not any(p.startswith("reward_models.hps.processor") for p in input_problems(cfg))

@@ -116,9 +116,13 @@ def test_bad_config_override_is_one_line(micro_dag_copy):
     assert dry.returncode == 0 and "egrpo: a run would stop here: model.path: /nowhere/FLUX.1-dev does not exist" in dry.stderr
     run = snakemake(workflow, *missing)
     assert run.returncode != 0
-    lines = [l for l in run.stderr.splitlines() if l.startswith("egrpo: missing inputs:")]
-    assert lines == ["egrpo: missing inputs: model.path: /nowhere/FLUX.1-dev does not exist; set model.path to the "
-                     "FLUX pipeline directory"], run.stderr[-2000:]
+    lines = [l for l in run.stderr.splitlines() if l.startswith("egrpo: missing input")]
+    assert lines == ["egrpo: missing input: model.path: /nowhere/FLUX.1-dev does not exist; set model.path to the "
+                     "FLUX pipeline directory",
+                     "egrpo: missing input: prompts.train: tests/data/prompts_train.txt holds the tiny world's captions, "
+                     "not prompts for /nowhere/FLUX.1-dev; write the paper's prompt files with `egrpo prompts` "
+                     "(docs/paper-data.md)"], run.stderr[-2000:]
+    assert "egrpo: 2 missing input(s), listed above; no job was started" in run.stderr
     assert "rule build_model" not in run.stderr and "rule profile" not in run.stderr   # no job started
 
 
@@ -196,3 +200,27 @@ def test_default_config_reads_the_shipped_models_as_plain_inputs(tmp_path):
     assert dry.returncode == 0, dry.stderr[-3000:]
     counts = job_counts(dry.stdout + dry.stderr)
     assert "build_model" not in counts and "pretrain" not in counts and counts["train"] >= 2
+
+
+@pytest.mark.parametrize("configfile", ["config/paper.yaml", "config/sd35.yaml", "config/qwenimage.yaml"])
+def test_paper_scale_configs_resolve_and_stop_in_the_preflight(tmp_path, configfile):
+    """Without any weights or data: a dry run resolves the whole DAG and says what a run would miss;
+    a real run stops before any job with one line per missing file (the model, every reward's
+    weights and tokenizer, the prompt files)."""
+    from egrpo.config import input_problems, load
+
+    work = copy_workflow(tmp_path / "wf")
+    problems = input_problems(load(work / configfile))
+    assert len(problems) >= 5
+    dry = snakemake_local(work, "-n", config=configfile)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    counts = job_counts(dry.stdout + dry.stderr)
+    assert counts["train"] >= 2 and counts["evaluate"] >= 3 and counts["profile"] == 1
+    assert [l for l in dry.stderr.splitlines() if l.startswith("egrpo: a run would stop here")] == \
+        [f"egrpo: a run would stop here: {p}" for p in problems]
+    run = snakemake_local(work, config=configfile)
+    assert run.returncode != 0
+    assert [l for l in run.stderr.splitlines() if l.startswith("egrpo: missing input: ")] == \
+        [f"egrpo: missing input: {p}" for p in problems]
+    assert "rule profile" not in run.stderr and "rule train" not in run.stderr
+    assert not list((work / "results").glob("*/train")), "no job was started"

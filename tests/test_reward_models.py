@@ -1,4 +1,5 @@
 """Model-based rewards load through their real loaders from tiny random-weight local copies."""
+import json
 import pytest
 import torch
 
@@ -329,3 +330,66 @@ def test_reward_precision_defaults_to_the_original(byte_hps, tiny_clip_dir):
     assert pick.model.dtype == torch.bfloat16
     with pytest.raises(ConfigError, match="reward_models.hps.dtype: renamed to precision"):
         validate({"reward_models": {"hps": {"path": "x", "dtype": "float32"}}})
+
+
+@pytest.fixture(scope="module")
+def tiny_dfn(tmp_path_factory, tiny_clip_dir):
+    """A tiny random-weight open_clip model directory in DFN5B's format: open_clip_config.json
+    (quick_gelu, heads from head_width, squash resize, its own mean / std) + open_clip_model.safetensors."""
+    from safetensors.torch import save_file
+
+    directory = tmp_path_factory.mktemp("dfn") / "DFN5B-tiny"
+    directory.mkdir()
+    g = torch.Generator().manual_seed(3)
+    vocab = len(__import__("transformers").CLIPTokenizer.from_pretrained(tiny_clip_dir))
+    state = {k: torch.randn(s, generator=g) * 0.1 for k, s in openclip_layout(vocab=vocab).items()}
+    state["logit_scale"] = torch.tensor(4.6)
+    save_file(state, str(directory / "open_clip_model.safetensors"))
+    (directory / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": {"embed_dim": 8, "quick_gelu": True,
+                      "vision_cfg": {"image_size": 32, "layers": 2, "width": 16, "head_width": 8, "patch_size": 8},
+                      "text_cfg": {"context_length": 16, "vocab_size": vocab, "width": 16, "heads": 2, "layers": 2}},
+        "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic",
+                           "resize_mode": "squash"}}))
+    return directory
+
+
+def test_table_1_clip_is_dfn5b_scored_as_visualgrpo_does(tiny_dfn, tiny_clip_dir):
+    """clip_dfn reads the architecture and the preprocessing from open_clip_config.json (as open_clip's
+    create_model_from_pretrained('local-dir:...') does): quick_gelu, heads = width / head_width, both
+    sides squashed to the model's size with PIL bicubic, its mean and std; the score is the cosine.
+    The training reward `clip` on the same weights (gelu, short-side crop, OpenAI statistics) scores
+    differently, which is why the report keeps the two apart."""
+    import numpy as np
+    from PIL import Image
+
+    from egrpo.rewards import metric_label, preprocess
+
+    cfg = {"reward_models": {"clip_dfn": {"path": str(tiny_dfn), "processor": str(tiny_clip_dir)}}}
+    reward = build_reward("clip_dfn", cfg)
+    vision, text = reward.model.config.vision_config, reward.model.config.text_config
+    assert vision.hidden_act == text.hidden_act == "quick_gelu" and vision.num_attention_heads == 2
+    images = torch.rand(2, 3, 40, 64, generator=torch.Generator().manual_seed(4))   # not square: squash shows
+    prompts = ["a red circle", "a blue star"]
+    # the same score by hand: PIL bicubic to 32 x 32 on the uint8 pixels, (x - 0.5) / 0.25, cosine
+    pil = [Image.fromarray(preprocess.to_uint8(images)[i].permute(1, 2, 0).numpy()).resize((32, 32), Image.BICUBIC)
+           for i in range(2)]
+    pixels = (torch.stack([torch.from_numpy(np.asarray(p).copy()).permute(2, 0, 1) for p in pil]).float() / 255 - 0.5) / 0.25
+    tokens = preprocess.openclip_tokenize(reward.tokenizer, prompts, 16)
+    with torch.no_grad():
+        image = reward.model.get_image_features(pixel_values=pixels)
+        words = reward.model.get_text_features(input_ids=tokens)
+    image, words = (getattr(t, "pooler_output", t) for t in (image, words))
+    expected = torch.nn.functional.cosine_similarity(image, words, dim=-1)
+    torch.testing.assert_close(reward(images, prompts), expected, atol=1e-5, rtol=0)
+    laion = build_reward("clip", {"reward_models": {"clip": {"path": str(tiny_dfn / "open_clip_model.safetensors"),
+                                                             "processor": str(tiny_clip_dir),
+                                                             "arch": {"vision_heads": 2, "text_heads": 2}}}})
+    assert not torch.allclose(laion(images, prompts), reward(images, prompts), atol=1e-4)
+    assert metric_label("clip_dfn") != metric_label("clip") and "Table 1" in metric_label("clip_dfn")
+    (tiny_dfn / "open_clip_config.json").rename(tiny_dfn / "moved.json")
+    try:
+        with pytest.raises(UserError, match="no open_clip_config.json"):
+            build_reward("clip_dfn", cfg)
+    finally:
+        (tiny_dfn / "moved.json").rename(tiny_dfn / "open_clip_config.json")

@@ -352,8 +352,8 @@ def sde_adv(x):
 def test_budget_of_forward_equivalents_stops_training_and_heldout_curve_is_recorded(tmp_path, tiny_model_dir):
     """max_forward_equivalents ends the run at the first iteration that reaches it; the held-out
     curve starts at the base model (0 forward-equivalents) and costs nothing on the budget axis."""
-    free = run_train(train_cfg(tmp_path, iterations=6), "dancegrpo", "color", 0, str(tiny_model_dir), None,
-                     tmp_path / "free", tmp_path / "rf")
+    run_train(train_cfg(tmp_path, iterations=6), "dancegrpo", "color", 0, str(tiny_model_dir), None,
+              tmp_path / "free", tmp_path / "rf")
     spent = pd.read_csv(tmp_path / "free/train_log.csv")["forward_equivalents"].tolist()   # after each iteration
     budget = (spent[1] + spent[2]) // 2          # reached during the third iteration
     assert spent[1] < budget <= spent[2]

@@ -21,6 +21,13 @@ class RewardSpec:
     needs: str = "nothing (offline, no weights)"
     original: str = ""   # the package whose scores this reproduces, and its preprocessing (docs/rewards.md)
     precision: str = "float32"  # the original's precision: float32, or amp (fp32 weights, fp16 autocast on CUDA)
+    label: str = ""      # its column name in the report's tables (default: the registry name)
+
+
+def metric_label(name: str) -> str:
+    """How the report names a metric: Table 1's CLIP score and the training reward `clip` apart."""
+    spec = REWARDS.get(name)
+    return spec.label if spec and spec.label else name
 
 
 # reward_models.<name>.precision: how a model-based reward runs (default: its original's, RewardSpec.precision)
@@ -51,22 +58,31 @@ REWARDS: dict[str, RewardSpec] = {
         "egrpo.rewards.openclip:hps",
         "HPS v2.1: cosine of image and prompt embeddings of the HPS OpenCLIP ViT-H-14 (mapped into CLIPModel)",
         "reward_models.hps.path (HPS_v2.1_compressed.pt) and .processor (a CLIP BPE tokenizer directory)",
-        "hpsv2 1.2.0 (HPS v2.1): letterbox to 224 without clamp, open_clip text cleaning", "amp"),
+        "hpsv2 1.2.0 (HPS v2.1): letterbox to 224 without clamp, open_clip text cleaning", "amp", "HPS v2.1"),
     "imagereward": RewardSpec(
         "egrpo.rewards.imagereward:imagereward",
         "ImageReward: BLIP image-text encoder + MLP head (original checkpoint mapped into transformers' BLIP)",
         "reward_models.imagereward.path (ImageReward.pt) and .processor (a bert-base-uncased tokenizer directory)",
-        "image-reward 1.5: PIL bicubic short side to 224 on uint8, centre crop at round(), BERT tokens (max 35)"),
+        "image-reward 1.5: PIL bicubic short side to 224 on uint8, centre crop at round(), BERT tokens (max 35)",
+        label="ImageReward"),
     "clip": RewardSpec(
         "egrpo.rewards.clip:clip_score",
         "CLIP score: cosine of image and prompt embeddings (transformers CLIPModel, e.g. ViT-H-14)",
         "reward_models.clip.path: a CLIPModel directory or cached Hub id, or an OpenCLIP checkpoint file",
-        "open_clip (VisualGRPO's clip_score): PIL bicubic short side to 224, centre crop, open_clip text cleaning"),
+        "open_clip (VisualGRPO's clip_score): PIL bicubic short side to 224, centre crop, open_clip text cleaning",
+        label="CLIP reward (laion ViT-H-14, training)"),
+    "clip_dfn": RewardSpec(
+        "egrpo.rewards.openclip:clip_dfn",
+        "Table 1's CLIP score (evaluation): cosine of DFN5B CLIP ViT-H-14-378 embeddings, not the training reward `clip`",
+        "reward_models.clip_dfn.path (a local apple/DFN5B-CLIP-ViT-H-14-378: open_clip_config.json + weights) and "
+        ".processor (a CLIP BPE tokenizer directory)",
+        "VisualGRPO scripts/evaluation/test_clip_score.py: open_clip local-dir model, its preprocess (DFN5B: squash "
+        "to 378, bicubic), ViT-H-14 tokenizer", label="CLIP (DFN5B, Table 1)"),
     "pickscore": RewardSpec(
         "egrpo.rewards.clip:pickscore",
         "PickScore: logit_scale * cosine of the PickScore_v1 CLIPModel",
         "reward_models.pickscore.path (PickScore_v1) and .processor (CLIP-ViT-H-14 processor)",
-        "PickScore's published scoring code: transformers CLIPProcessor as is, fp32"),
+        "PickScore's published scoring code: transformers CLIPProcessor as is, fp32", label="PickScore"),
 }
 
 

@@ -52,8 +52,9 @@ def _layers(state: dict, prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def config_from_state(state: dict, arch: str | dict = "ViT-H-14"):
-    """A CLIPConfig whose sizes are read off the checkpoint's shapes (heads from `arch`)."""
+def config_from_state(state: dict, arch: str | dict = "ViT-H-14", activation: str = "gelu"):
+    """A CLIPConfig whose sizes are read off the checkpoint's shapes (heads from `arch`; activation
+    quick_gelu for OpenCLIP models trained with it, e.g. DFN5B)."""
     from transformers import CLIPConfig
 
     heads = ARCHS[arch] if isinstance(arch, str) else arch
@@ -66,9 +67,9 @@ def config_from_state(state: dict, arch: str | dict = "ViT-H-14"):
                 intermediate_size=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
                 num_attention_heads=heads["text_heads"], max_position_embeddings=state["positional_embedding"].shape[0],
                 # eos_token_id 2 makes CLIPModel pool at the argmax token id, as OpenCLIP does
-                hidden_act="gelu", layer_norm_eps=1e-5, eos_token_id=2, bos_token_id=vocab - 2)
+                hidden_act=activation, layer_norm_eps=1e-5, eos_token_id=2, bos_token_id=vocab - 2)
     vision = dict(hidden_size=width_v, num_hidden_layers=_layers(state, "visual."), patch_size=patch,
-                  image_size=grid * patch, num_attention_heads=heads["vision_heads"], hidden_act="gelu",
+                  image_size=grid * patch, num_attention_heads=heads["vision_heads"], hidden_act=activation,
                   intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0], layer_norm_eps=1e-5)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=state["text_projection"].shape[1])
 
@@ -124,12 +125,13 @@ def openclip_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_openclip_as_clipmodel(path: str | Path, arch: str | dict = "ViT-H-14", dtype: torch.dtype = torch.float32):
+def load_openclip_as_clipmodel(path: str | Path, arch: str | dict = "ViT-H-14", dtype: torch.dtype = torch.float32,
+                               activation: str = "gelu"):
     """CLIPModel with the OpenCLIP checkpoint's weights; every key consumed, none missing."""
     from transformers import CLIPModel
 
     state = load_openclip_state(path)
-    config = config_from_state(state, arch)
+    config = config_from_state(state, arch, activation)
     with torch.device("meta"):
         model = CLIPModel(config)
     mapped = openclip_to_hf(state)
@@ -152,16 +154,20 @@ class OpenCLIPScorer:
     """cosine(image, text) of an OpenCLIP model loaded into CLIPModel, with open_clip's text rules.
 
     letterbox=True: HPS v2.1's image rule (hpsv2's ResizeMaxSize); False: open_clip's usual
-    short-side resize and centre crop (the CLIP score). Both in egrpo/rewards/preprocess.py.
+    short-side resize and centre crop (the CLIP score); resize_mode "squash": both sides to the
+    model's size (DFN5B). All in egrpo/rewards/preprocess.py.
     """
 
     def __init__(self, path: str, tokenizer_path: str | None, arch: str | dict = "ViT-H-14",
-                 precision: str = "float32", letterbox: bool = True, device: torch.device | str | None = None):
+                 precision: str = "float32", letterbox: bool = True, device: torch.device | str | None = None,
+                 activation: str = "gelu", resize_mode: str | None = None, mean=None, std=None):
         from transformers import CLIPTokenizer
 
         from egrpo.rewards.clip import WEIGHTS_DTYPE, _device
 
-        self.model = load_openclip_as_clipmodel(path, arch, WEIGHTS_DTYPE[precision])
+        self.model = load_openclip_as_clipmodel(path, arch, WEIGHTS_DTYPE[precision], activation)
+        self.resize_mode = resize_mode or ("longest" if letterbox else "shortest")
+        self.mean, self.std = mean, std
         self.device = _device(device)
         self.model.to(self.device)
         if not tokenizer_path:
@@ -179,8 +185,10 @@ class OpenCLIPScorer:
         from egrpo.rewards import preprocess
 
         pixels = preprocess.to_uint8(images)
-        resized = (preprocess.letterbox if self.letterbox else preprocess.short_side_center_crop)(pixels, self.size)
-        return preprocess.normalize(resized)
+        resize = {"longest": preprocess.letterbox, "shortest": preprocess.short_side_center_crop,
+                  "squash": preprocess.squash}[self.resize_mode]
+        return preprocess.normalize(resize(pixels, self.size), self.mean or preprocess.OPENAI_MEAN,
+                                    self.std or preprocess.OPENAI_STD)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -206,3 +214,40 @@ def hps(cfg: dict):
     s = _settings(cfg, "hps")
     return OpenCLIPScorer(s["path"], s.get("processor"), s.get("arch") or "ViT-H-14", reward_precision("hps", s),
                           letterbox=True, device=select_device(cfg))
+
+
+def clip_dfn(cfg: dict):
+    """The CLIP score of the papers' Table 1 (VisualGRPO scripts/evaluation/test_clip_score.py):
+    open_clip `create_model_from_pretrained('local-dir:<path>')` on DFN5B CLIP ViT-H-14-378
+    (apple/DFN5B-CLIP-ViT-H-14-378), its validation transform, open_clip's ViT-H-14 tokenizer, the
+    cosine of the normalized embeddings. reward_models.clip_dfn.path is that local directory: its
+    open_clip_config.json gives the architecture (quick_gelu, image size, heads = width /
+    head_width) and the preprocessing (resize_mode, interpolation, mean, std); the weights are
+    open_clip_model.safetensors or open_clip_pytorch_model.bin beside it."""
+    import json
+
+    from egrpo.device import select_device
+    from egrpo.rewards import reward_precision
+    from egrpo.rewards.clip import _settings
+
+    s = _settings(cfg, "clip_dfn")
+    directory = Path(s["path"])
+    config_file = directory / "open_clip_config.json"
+    if not config_file.is_file():
+        raise UserError(f"reward_models.clip_dfn.path: {directory} has no open_clip_config.json (the local copy of "
+                        "apple/DFN5B-CLIP-ViT-H-14-378, docs/paper-data.md)")
+    config = json.loads(config_file.read_text())
+    model_cfg, pre = config.get("model_cfg", {}), config.get("preprocess_cfg", {})
+    vision, text = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
+    heads = {"vision_heads": vision.get("width", 1280) // vision.get("head_width", 64),
+             "text_heads": text.get("heads", 16)}
+    weights = next((directory / n for n in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+                    if (directory / n).is_file()), None)
+    if weights is None:
+        raise UserError(f"reward_models.clip_dfn.path: {directory} has neither open_clip_model.safetensors nor "
+                        "open_clip_pytorch_model.bin")
+    if pre.get("interpolation", "bicubic") != "bicubic":
+        raise UserError(f"{config_file}: interpolation {pre['interpolation']!r}; egrpo reproduces bicubic only")
+    return OpenCLIPScorer(str(weights), s.get("processor"), heads, reward_precision("clip_dfn", s),
+                          device=select_device(cfg), activation="quick_gelu" if model_cfg.get("quick_gelu") else "gelu",
+                          resize_mode=pre.get("resize_mode", "shortest"), mean=pre.get("mean"), std=pre.get("std"))

@@ -92,6 +92,22 @@ def short_side_center_crop(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack(out).float() / 255
 
 
+def squash(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float [B, 3, size, size] in [0, 1]: both sides to `size` with PIL
+    bicubic on uint8 (open_clip's `resize_mode: squash`, torchvision Resize((size, size)) on a PIL
+    image: the DFN5B CLIP models' validation transform), no crop."""
+    import numpy as np
+    from PIL import Image
+
+    out = []
+    for image in pixels:
+        pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+        if pil.size != (size, size):
+            pil = pil.resize((size, size), Image.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1))
+    return torch.stack(out).float() / 255
+
+
 def normalize(x: torch.Tensor, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)  # cpu: pixels are prepared on the CPU
 

@@ -69,6 +69,13 @@ def model_input(wildcards=None):
     return [p for p in dict.fromkeys(paths) if p.startswith(produced) or os.path.exists(p)]
 
 
+def prompt_file(key):
+    """prompts.<key> as a job input when it exists; a missing one is a preflight problem (listed by a
+    dry run, stopping a real run in onstart), not a DAG that cannot resolve."""
+    path = config["prompts"].get(key)
+    return [path] if path and os.path.exists(path) else []
+
+
 def train_dir(algorithm, reward_setting, seed):
     return f"{RESULTS}/train/{algorithm}/{reward_setting}/seed{seed}"
 
@@ -83,14 +90,14 @@ def policy_names():
 
 def train_inputs(wildcards):
     """Only algorithms that use the merge plan depend on it: rerunning threshold keeps baselines."""
-    inputs = {"model": model_input(), "prompts": config["prompts"]["train"]}
+    inputs = {"model": model_input(), "prompts": prompt_file("train")}
     if wildcards.algorithm in ALGORITHMS_USING_PLAN:
         inputs["plan"] = f"{RESULTS}/plan/plan.json"
     return inputs
 
 
 def evaluate_inputs(wildcards):
-    inputs = {"model": model_input(), "prompts": config["prompts"]["eval"]}
+    inputs = {"model": model_input(), "prompts": prompt_file("eval"), "benchmark": prompt_file("benchmark")}
     if wildcards.name != "base":
         algorithm, reward_setting, seed = wildcards.name.rsplit("-", 2)
         run = train_dir(algorithm, reward_setting, seed.removeprefix("seed"))

@@ -7,7 +7,7 @@ rule evaluate:
         summary=f"{RESULTS}/eval/{{name}}/summary.json",
         grid=report(f"{RESULTS}/eval/{{name}}/grid.png", category="Image grids", subcategory="{name}"),
     params:
-        cfg=stage_hash("model", "sampling", "evaluate", extra=reward_names(config)),
+        cfg=stage_hash("model", "sampling", "evaluate", extra=[reward_names(config), config["prompts"].get("benchmark")]),
         model=MODEL_DIR,
         checkpoint=lambda w, input: f"--checkpoint {input.checkpoint}" if "checkpoint" in input.keys() else "",
         out=lambda w: f"{RESULTS}/eval/{w.name}",

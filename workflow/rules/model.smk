@@ -1,8 +1,8 @@
 rule build_model:
     """Build the tiny offline FLUX (real diffusers classes, random weights) and save it."""
     input:
-        train=config["prompts"]["train"],
-        eval=config["prompts"]["eval"],
+        train=prompt_file("train"),
+        eval=prompt_file("eval"),
     output:
         directory(f"{RESULTS}/model"),
     params:

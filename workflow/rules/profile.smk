@@ -2,7 +2,7 @@ rule profile:
     """Entropy profile: analytic H(i,1) and measured branch spread / reward std per step."""
     input:
         model=model_input,
-        prompts=config["prompts"]["train"],
+        prompts=prompt_file("train"),
     output:
         csv=f"{RESULTS}/profile/entropy.csv",
         merged=f"{RESULTS}/profile/entropy_merged.csv",
