@@ -1,7 +1,8 @@
 """Test isolation (nothing outside the temp tree is read or written: HOME, caches, MLflow) and the
 suite's speed on two cores.
 
-The README runs the suite with pytest-xdist (`-n 2`). What makes that fast, and what keeps it safe:
+The README runs the suite with pytest-xdist (`-n 3` on two cores: one worker mostly waits on the
+local SLURM). What makes that fast, and what keeps it safe:
 - the slowest tests are scheduled first (`pytest_collection_modifyitems`), so that a long test does
   not start last and hold the run while the other worker is idle;
 - expensive read-only artefacts (the finished micro DAG, the tiny model) are built once per run and
@@ -26,6 +27,8 @@ for var, sub in {"HOME": "home", "XDG_CACHE_HOME": "cache", "HF_HOME": "hf", "TO
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the ~150 processes the suite starts compile egrpo's modules once, not each (a machine may set it)
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 # Snakemake's slurm executor plugin runs `scontrol show config` whenever Snakemake starts (any
 # executor). Where SLURM's client is installed but no controller runs (this machine after
@@ -51,18 +54,22 @@ def real_slurm_env(env: dict | None = None) -> dict:
 # Measured on the 2-core machine (seconds, 2026-12-04); only the order matters. Tests not listed run
 # after these, in file order.
 SLOW_FIRST = [
-    "test_slurm.py::test_tiny_dag_through_the_slurm_profile",
+    "test_slurm.py::test_tiny_dag_through_the_slurm_profile",          # mostly waiting on SLURM: first
     "test_slurm.py::test_preflight_stops_a_job_no_node_can_run_before_submitting",
     "test_dag.py::test_claims_dag_pretrains_then_writes_claims",
-    "test_dag.py::test_every_output_exists",
+    "test_families.py::test_micro_dag_runs_on_every_family",
+    "test_sharding.py::test_fsdp_trains_what_data_parallel_trains_and_resumes",
+    "test_train.py::test_sigkill_then_resume_matches_unbroken_run",
+    "test_benchmarks.py::test_memory_benchmark_one_iteration",
+    # these start from the shared micro DAG, built in the background meanwhile: after the ones above
     "test_faults.py::test_killed_jobs_keep_going_then_resume",
     "test_faults.py::test_ctrl_c_then_continue",
     "test_faults.py::test_snakemake_retry_resumes_into_same_result_as_unbroken",
-    "test_families.py::test_micro_dag_runs_on_every_family",
-    "test_sharding.py::test_fsdp_trains_what_data_parallel_trains_and_resumes",
-    "test_benchmarks.py::test_memory_benchmark_one_iteration",
-    "test_train.py::test_sigkill_then_resume_matches_unbroken_run",
     "test_dag.py::test_noop_rerun_and_forced_stage_rerun",
+    "test_dag.py::test_every_output_exists",
+    "test_families.py::test_micro_dag_runs_on_every_family[flux]",     # the shared micro DAG is FLUX's
+    "test_benchmarks.py::test_gpu_e2e_smoke_shards_full_fine_tuning_over_two_processes",
+    "test_benchmarks.py::test_gpu_e2e_smoke_runs_every_algorithm_through_the_trainer",
 ]
 
 
@@ -71,8 +78,9 @@ def pytest_collection_modifyitems(config, items):
 
     def key(indexed):
         index, item = indexed
-        name = f"{Path(item.nodeid.split('::')[0]).name}::{item.originalname}"
-        return (rank.get(name, len(rank)), index)
+        file = Path(item.nodeid.split("::")[0]).name
+        named = rank.get(f"{file}::{item.name}", rank.get(f"{file}::{item.originalname}", len(rank)))
+        return (named, index)
 
     items[:] = [item for _, item in sorted(enumerate(items), key=key)]
 

@@ -39,7 +39,9 @@ GPU_STAGES = ["profile:gpu=1", "train:gpu=1", "evaluate:gpu=1"]
 def run_on_slurm(work, *extra, env=None, set_resources=GPU_STAGES):
     """The README's path: profiles/slurm as shipped. The micro config's jobs fit this small node;
     --set-resources gives the GPU stages a (fake) GPU on top of the config's resources."""
+    # polled every 2 s instead of the default 10 (test speed; the profile's behaviour is otherwise unchanged)
     return subprocess.run([sys.executable, "-m", "snakemake", "--profile", "profiles/slurm",
+                           "--seconds-between-status-checks", "2", "--slurm-init-seconds-before-status-checks", "1",
                            "--configfile", "tests/data/micro.yaml", "--set-resources", *set_resources, *extra],
                           cwd=work, capture_output=True, text=True, timeout=900, env=real_slurm_env(env))
 
@@ -66,29 +68,30 @@ def test_tiny_dag_through_the_slurm_profile(cluster, tmp_path):
     import mlflow
 
     work = copy_workflow(tmp_path)
-    # every train job is SIGKILLed after its first iteration on the first attempt: the profile's
-    # retries start it again, and it resumes from the checkpoint kept outside its outputs
+    # the train job is SIGKILLed after its first iteration on the first attempt: the profile's retries
+    # start it again, and it resumes from the checkpoint kept outside its outputs (one algorithm: the
+    # local executor's tests and test_families cover the others)
     env = dict(real_slurm_env(), EGRPO_KILL_AFTER_ITERATION="1")
-    result = run_on_slurm(work, "--config", 'train={"iterations": 2, "checkpoint_every": 1}', env=env)
+    result = run_on_slurm(work, "--config", 'train={"iterations": 2, "checkpoint_every": 1}', "algorithms=[egrpo]",
+                          env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     res = work / "results/micro"
     for path in ["profile/entropy.csv", "plan/plan.json", "report/table.md", "eval/base/summary.json"]:
         assert (res / path).is_file(), path
-    for algorithm in ("egrpo", "dancegrpo"):
-        metrics = json.loads((res / f"train/{algorithm}/color/seed0/metrics.json").read_text())
-        assert metrics["iterations"] == 2 and metrics["resumed_from_iteration"] == 1, metrics
+    metrics = json.loads((res / "train/egrpo/color/seed0/metrics.json").read_text())
+    assert metrics["iterations"] == 2 and metrics["resumed_from_iteration"] == 1, metrics
     # every job went through sbatch: slurmctld's job-completion log lists them, run in this workflow
     records = [dict(field.split("=", 1) for field in line.split() if "=" in field)
                for line in (cluster / "log/jobcomp.txt").read_text().splitlines()]
     ours = [r for r in records if r.get("WorkDir") == str(work)]
     completed = {r["JobId"] for r in ours if r["JobState"] == "COMPLETED"}
-    assert len(completed) == 9, ours  # build_model, profile, threshold, 2 train, 3 evaluate, report
+    assert len(completed) == 7, ours  # build_model, profile, threshold, train, 2 evaluate, report
     failed = {r["JobId"] for r in ours if r["JobState"] == "FAILED"}
-    assert len(failed) == 2, "the two killed first attempts of train"
+    assert len(failed) == 1, "the killed first attempt of train"
     # MLflow holds every run, each tagged with its SLURM job; GPU rules got their GPU
     mlflow.set_tracking_uri(f"sqlite:///{work / 'results/mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["micro"])
-    assert runs["tags.stage"].value_counts().to_dict() == {"profile": 1, "threshold": 1, "train": 2, "evaluate": 3,
+    assert runs["tags.stage"].value_counts().to_dict() == {"profile": 1, "threshold": 1, "train": 1, "evaluate": 2,
                                                           "report": 1}
     assert runs["tags.slurm_job_id"].notna().all()
     train_ids = set(runs.loc[runs["tags.stage"] == "train", "tags.slurm_job_id"])
