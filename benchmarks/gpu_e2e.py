@@ -23,8 +23,15 @@ Part 3 (`fsdp`, on a machine with 2 or more GPUs; skipped with a line otherwise)
 it is, full fine-tuning sharded (FSDP) over one process per GPU, one prompt each, the same random
 weights; one iteration per algorithm, process 0's phase peaks and the memory it holds after sharding.
 
---smoke runs the parts on the CPU at toy shapes (part 3 on 2 processes; tests/test_benchmarks.py runs it): it checks the
-code path, not the figures.
+Parts `sd35` and `qwenimage` (on request: `--parts sd35 qwenimage`): the same per-algorithm iteration on
+SD3.5-Medium's shapes (SD3Transformer2DModel 2.5 B, CLIP-L and CLIP-G with projection, T5-XXL, SD3's VAE;
+config/sd35.yaml: 512 px, G = 24, 10 steps, true CFG 4.5, LoRA rank 32) and Qwen-Image's
+(QwenImageTransformer2DModel 20 B, Qwen2.5-VL 7B text encoder offloaded to the CPU, its VAE;
+config/qwenimage.yaml at 720 px, G = 12, 20 steps, with LoRA rank 32 on one GPU where the recipe fine-tunes
+all weights over 8), random bf16 weights, nothing downloaded.
+
+--smoke runs the parts on the CPU at toy shapes (part 3 on 2 processes; the families on their tiny instances;
+tests/test_benchmarks.py runs it): it checks the code path, not the figures.
 """
 from __future__ import annotations
 
@@ -74,6 +81,29 @@ TOY_VIT = dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_laye
                text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                          max_position_embeddings=77),
                projection_dim=32)
+
+
+# SD3.5-Medium (stabilityai/stable-diffusion-3.5-medium) and Qwen-Image (Qwen/Qwen-Image): their published configs
+SD35_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
+                        num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
+                        pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
+                        dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
+CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+              max_position_embeddings=77, projection_dim=1280, hidden_act="gelu")
+SD3_VAE = dict(FLUX_VAE, scaling_factor=1.5305, shift_factor=0.0609)
+QWEN_TRANSFORMER = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                        num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
+                        axes_dims_rope=(16, 56, 56))
+QWEN25_VL_7B = dict(text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                              num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
+                              rope_theta=1000000.0, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}),
+                    vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                                patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                                fullatt_block_indexes=[7, 15, 23, 31]))
+QWEN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                temperal_downsample=[False, True, True])
+# the family's published recipe (config/<file>) and the part's name
+FAMILY_CONFIGS = {"sd35": ("sd3", "config/sd35.yaml"), "qwenimage": ("qwenimage", "config/qwenimage.yaml")}
 
 
 # ---- part 1: the micro DAG through Snakemake, every model on the GPU ---------------------------------
@@ -161,6 +191,22 @@ def save_random_clip_reward(smoke: bool, out: Path, words: list[str]) -> Path:
     return out
 
 
+def shape_benchmark(cfg: dict, work: Path, reward_dir: Path, processes: int = 1) -> None:
+    """What every shape part changes in a recipe: the shipped captions stand in for the HPD prompts
+    (docs/paper-data.md), a random CLIP of HPS's shape is the only reward, MLflow lives in the work
+    dir, one iteration of `processes` prompts without held-out points."""
+    cfg["resources"]["train"]["gpu"] = processes
+    cfg["prompts"] = {"train": str(ROOT / "config/prompts/train.txt"), "eval": str(ROOT / "config/prompts/eval.txt"),
+                      "benchmark": None}
+    cfg["mlflow"] = {"tracking_uri": f"sqlite:///{work}/mlflow.db"}
+    cfg["model"].update(path="(random weights, built in memory)", device="auto")
+    cfg["reward_models"] = {"clip": {"path": str(reward_dir)}}
+    cfg["reward_settings"] = {"shape": {"clip": 1.0}}
+    cfg["evaluate"]["metrics"] = ["clip"]
+    cfg["train"].update(iterations=1, prompts_per_iteration=processes, checkpoint_every=1000,
+                        heldout={"every": None, "every_forward_equivalents": None})
+
+
 def paper_config(smoke: bool, work: Path, resolution: int, group_size: int, reward_dir: Path,
                  processes: int = 1) -> dict:
     """One process: config/paper.yaml with config/paper-1gpu.yaml (LoRA on one GPU instead of full
@@ -172,17 +218,8 @@ def paper_config(smoke: bool, work: Path, resolution: int, group_size: int, rewa
     cfg = load(ROOT / "config/paper.yaml")
     if processes == 1:  # the one-GPU overlay (LoRA rank 32), merged as Snakemake merges --configfile a b
         update_config(cfg, yaml.safe_load((ROOT / "config/paper-1gpu.yaml").read_text()))
-    cfg["resources"]["train"]["gpu"] = processes
-    # a shape benchmark: the shipped captions stand in for the HPD prompts (docs/paper-data.md)
-    cfg["prompts"] = {"train": str(ROOT / "config/prompts/train.txt"), "eval": str(ROOT / "config/prompts/eval.txt"),
-                      "benchmark": None}
-    cfg["mlflow"] = {"tracking_uri": f"sqlite:///{work}/mlflow.db"}
-    cfg["model"].update(path="(random weights, built in memory)", device="auto")
-    cfg["reward_models"] = {"clip": {"path": str(reward_dir)}}
-    cfg["reward_settings"] = {"shape": {"clip": 1.0}}
-    cfg["evaluate"]["metrics"] = ["clip"]
+    shape_benchmark(cfg, work, reward_dir, processes)
     cfg["sampling"].update(resolution=resolution, group_size=group_size)
-    cfg["train"].update(iterations=1, prompts_per_iteration=processes, checkpoint_every=1000, heldout={"every": None, "every_forward_equivalents": None})
     if smoke:
         cfg["model"].update(dtype="float32", max_sequence_length=64, device="cpu")
         cfg["train"]["mixed_precision"] = "no"
@@ -210,6 +247,123 @@ def run_flux(args, work: Path) -> list[dict]:
         setup_s = time.perf_counter() - start
         row = trainer.iteration(0)
         rows.append({"algorithm": algorithm, "setup_s": setup_s, **row})
+        print(format_row(rows[-1]), flush=True)
+        del trainer, pipe
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+# ---- parts sd35, qwenimage: the other families' shapes and recipes ------------------------------------
+
+def family_shaped_pipeline(part: str, smoke: bool, device: torch.device, words: list[str], cfg: dict):
+    """SD3.5-Medium's or Qwen-Image's pipeline with their classes and shapes and random weights built on
+    `device` in bf16; with smoke, the family's tiny instance (egrpo.models: the tests' shapes)."""
+    from egrpo.models import family_class
+
+    family = FAMILY_CONFIGS[part][0]
+    if smoke:
+        return family_class(family).build_tiny(cfg, words).to(device)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            pipe = _sd35(words) if part == "sd35" else _qwenimage(words, cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sd35(words):
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    clip_tok, t5_tok = _tokenizers(words, 256)
+    ids = dict(bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.eos_token_id)
+    clip_l = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, **ids, **CLIP_L))
+    clip_g = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, **ids, **CLIP_G))
+    t5 = T5EncoderModel(T5Config(vocab_size=32128, pad_token_id=0, eos_token_id=1, **T5_XXL))
+    return StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(**SD35_TRANSFORMER), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=AutoencoderKL(**SD3_VAE), text_encoder=clip_l, tokenizer=clip_tok, text_encoder_2=clip_g,
+        tokenizer_2=clip_tok, text_encoder_3=t5, tokenizer_3=t5_tok)
+
+
+def _qwenimage(words, cfg):
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                           QwenImageTransformer2DModel)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from egrpo.models.qwenimage import PROMPT_TEMPLATE, PROMPT_TEMPLATE_START
+    from egrpo.models.tokenizers import build_qwen_tokenizer
+
+    tokenizer = build_qwen_tokenizer(words, PROMPT_TEMPLATE_START + cfg["model"]["max_sequence_length"], PROMPT_TEMPLATE)
+    ids = dict(bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.pad_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=dict(QWEN25_VL_7B["text"], **ids), vision_config=QWEN25_VL_7B["vision"]))
+    scheduler = FlowMatchEulerDiscreteScheduler(  # Qwen-Image's scheduler config
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9, shift=1.0,
+        shift_terminal=0.02, time_shift_type="exponential", use_dynamic_shifting=True)
+    return QwenImagePipeline(transformer=QwenImageTransformer2DModel(**QWEN_TRANSFORMER), scheduler=scheduler,
+                             vae=AutoencoderKLQwenImage(**QWEN_VAE), text_encoder=text_encoder, tokenizer=tokenizer)
+
+
+def family_config(part: str, smoke: bool, work: Path, reward_dir: Path, resolution, group_size) -> dict:
+    """The family's recipe (config/sd35.yaml, config/qwenimage.yaml) on one GPU: LoRA rank 32 where the
+    recipe fine-tunes fully over 8 (Qwen-Image), one prompt; toy shapes with smoke."""
+    from egrpo.config import load, validate
+
+    cfg = load(ROOT / FAMILY_CONFIGS[part][1])
+    if cfg["train"]["finetune"] != "lora":
+        cfg["train"].update(finetune="lora", sharding="none", lora_rank=32, lora_alpha=32)
+    shape_benchmark(cfg, work, reward_dir)
+    if resolution:
+        cfg["sampling"]["resolution"] = resolution
+    if group_size:
+        cfg["sampling"]["group_size"] = group_size
+    if smoke:
+        micro = yaml.safe_load((ROOT / "tests/data/micro.yaml").read_text())
+        cfg["model"].update(dtype="float32", max_sequence_length=16, device="cpu", tiny=micro["model"]["tiny"])
+        cfg["sampling"].update(resolution=resolution or micro["sampling"]["resolution"], group_size=group_size or 2,
+                               num_steps=micro["sampling"]["num_steps"])
+        cfg["threshold"]["max_steps"] = None
+        cfg["train"]["mixed_precision"] = "no"
+    return validate(cfg)
+
+
+def run_family(args, part: str, work: Path) -> list[dict]:
+    """One iteration per algorithm with the family's recipe and shapes (part 4)."""
+    import egrpo.train
+    from egrpo.io import load_prompts
+    from egrpo.threshold import make_plan
+
+    device = torch.device("cpu") if args.smoke else torch.device("cuda")
+    words = [p.text for p in load_prompts(str(ROOT / "config/prompts/train.txt"), "prompts.train")]
+    work.mkdir(parents=True, exist_ok=True)
+    reward_dir = save_random_clip_reward(args.smoke, work / "reward", words)
+    cfg = family_config(part, args.smoke, work, reward_dir, args.family_resolution, args.family_group_size)
+    print(f"part {part}: one iteration per algorithm, {cfg['sampling']['resolution']} px, "
+          f"G = {cfg['sampling']['group_size']}, N = {cfg['sampling']['num_steps']}, "
+          f"guidance {cfg['sampling']['guidance']}\n{HEADER}", flush=True)
+    rows = []
+    for algorithm in args.algorithms:
+        start = time.perf_counter()
+        torch.manual_seed(0)
+        pipe = family_shaped_pipeline(part, args.smoke, device, words, cfg)
+        if not (work / "plan.json").exists():  # the threshold on the pipeline's own schedule (sampling.schedule)
+            import pandas as pd
+
+            from egrpo.models import FlowModel
+            s = FlowModel(pipe, cfg, device).sigmas(cfg["sampling"]["num_steps"]).tolist()
+            schedule = pd.DataFrame({"step": range(len(s) - 1), "sigma": s[:-1], "sigma_next": s[1:]})
+            (work / "plan.json").write_text(json.dumps(make_plan(cfg, schedule)))
+        egrpo.train.load_pipeline = lambda cfg, model_dir=None, pipe=pipe: pipe
+        trainer = egrpo.train.Trainer(cfg, algorithm, "shape", 0, None, str(work / "plan.json"),
+                                      work / "out" / algorithm, work / "resume" / algorithm)
+        row = trainer.iteration(0)
+        rows.append({"algorithm": algorithm, "setup_s": time.perf_counter() - start - row["iteration_s"], **row})
         print(format_row(rows[-1]), flush=True)
         del trainer, pipe
         if device.type == "cuda":
@@ -295,8 +449,10 @@ HEADER = ("| algorithm | iteration s | rollout s (peak) | scoring s (peak) | tra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="toy shapes on the CPU (checks the code path)")
-    parser.add_argument("--parts", nargs="+", choices=["dag", "flux", "fsdp"], default=["dag", "flux", "fsdp"],
-                        help="fsdp runs only on a machine with 2 or more GPUs (2 CPU processes with --smoke)")
+    parser.add_argument("--parts", nargs="+", choices=["dag", "flux", "fsdp", "sd35", "qwenimage"],
+                        default=["dag", "flux", "fsdp"],
+                        help="fsdp runs only on a machine with 2 or more GPUs (2 CPU processes with --smoke); "
+                             "sd35 and qwenimage (SD3.5-Medium, Qwen-Image at their recipes' shapes) on request")
     parser.add_argument("--fsdp-worker", type=Path, help=argparse.SUPPRESS)  # one process of part 3
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
     parser.add_argument("--resolution", type=int, default=None, help="default 720 (paper), 32 with --smoke")
@@ -304,6 +460,8 @@ def main() -> None:
     parser.add_argument("--max-gib", type=float, default=70.0, help="fail if a phase peaks above this")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
+    # sd35 / qwenimage: their recipes' resolution and group size unless given
+    args.family_resolution, args.family_group_size = args.resolution, args.group_size
     args.resolution = args.resolution or (32 if args.smoke else 720)
     args.group_size = args.group_size or (2 if args.smoke else 12)
     if args.fsdp_worker:
@@ -330,6 +488,13 @@ def main() -> None:
                 raise SystemExit(f"gpu_e2e: peak memory above {args.max_gib} GiB: {over}")
         if "fsdp" in args.parts:
             launch_fsdp(args, work / "fsdp")
+        for part in ("sd35", "qwenimage"):
+            if part in args.parts:
+                rows = run_family(args, part, work / part)
+                over = {(r["algorithm"], p): r[f"{p}_peak_gib"] for r in rows for p in ("rollout", "scoring", "training")
+                        if r.get(f"{p}_peak_gib", 0) > args.max_gib}
+                if over:
+                    raise SystemExit(f"gpu_e2e: {part}: peak memory above {args.max_gib} GiB: {over}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

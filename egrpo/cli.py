@@ -6,6 +6,7 @@ inside Snakemake. User errors (bad config, missing files) print one line and exi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -28,9 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"egrpo {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
 
-    def stage(name, help_text):
+    def stage(name, help_text, config_default=None):
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", required=True, help="YAML config (validated against the schema)")
+        if config_default:
+            p.add_argument("--config", default=config_default,
+                           help=f"YAML config (validated against the schema; default {config_default})")
+        else:
+            p.add_argument("--config", required=True, help="YAML config (validated against the schema)")
         return p
 
     p = stage("build-model", "Build the tiny offline FLUX pipeline and save it (safetensors).")
@@ -64,7 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (metrics.json, train_log.csv, checkpoint/)")
     p.add_argument("--resume-dir", required=True, help="resume state, kept outside the outputs until success")
     p.add_argument("--gpus", type=int, default=0,
-                   help="GPUs of the job; with more than one, re-run under `accelerate launch`, one process per GPU")
+                   help="GPUs per node; with more than one, re-run under `accelerate launch`, one process per GPU")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="nodes of the job (SLURM): run as one task per node under srun, each starting torchrun with "
+                        "--gpus processes that meet at the first node (egrpo/launch.py)")
 
     p = stage("evaluate", "Sample a policy on the held-out prompts and score every reward.")
     p.add_argument("--model", help="FluxPipeline directory (default: model.path)")
@@ -79,7 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-summaries", nargs="+", required=True)
     p.add_argument("--out", required=True, help="report directory")
 
-    p = stage("compare", "Print the report's table straight from the MLflow store (and write it as CSV).")
+    p = stage("compare", "Print the report's table straight from the MLflow store (and write it as CSV): the "
+              "evaluate runs of the config's experiment in its mlflow.tracking_uri, kept to the config's "
+              "algorithms, reward settings and seeds (runs made by hand with other seeds are left out).",
+              config_default="config/config.yaml")
     p.add_argument("--filter", default="", help="extra MLflow filter, e.g. \"tags.reward_setting = 'color'\"")
     p.add_argument("--out", help="CSV file to write")
 
@@ -110,22 +121,6 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     for name in ("transformers", "diffusers", "mlflow", "alembic", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _relaunch_with_accelerate(gpus: int) -> None:
-    """Replace this process by `accelerate launch` with one process per GPU (data parallel)."""
-    argv, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif arg == "--gpus":
-            skip = True
-        elif not arg.startswith("--gpus="):
-            argv.append(arg)
-    command = ["accelerate", "launch", "--multi_gpu", "--num_machines", "1", "--num_processes", str(gpus),
-               "-m", "egrpo", *argv]
-    logging.getLogger("egrpo").info("launching: %s", " ".join(command))
-    os.execvp(command[0], command)
 
 
 def _install_profile(name: str, force: bool) -> None:
@@ -186,6 +181,51 @@ def _dispatch(args) -> None:
         return
     from egrpo.config import load
     cfg = load(args.config)
+    if args.command in _MODEL_STAGES:
+        from egrpo.device import memory_phase, set_stage
+
+        set_stage(args.command)
+        # the trainer names its own phases; what runs outside them: loading, or the stage's sampling
+        with _refuse_unchanged_oom_rerun(args, cfg), memory_phase(_MODEL_STAGES[args.command]):
+            _run_stage(args, cfg)
+    else:
+        _run_stage(args, cfg)
+
+
+# stages that run a model on a device: an out-of-memory error in them is not run again unchanged
+_MODEL_STAGES = {"pretrain": "pretraining", "profile": "sampling", "train": "loading", "evaluate": "sampling"}
+
+
+@contextlib.contextmanager
+def _refuse_unchanged_oom_rerun(args, cfg):
+    """A command that ran out of memory is refused when run again with the same arguments and the
+    same config (a retry would fail the same way after the same minutes of loading): its message
+    is kept in results/<experiment>/failures/ until a knob changes."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from egrpo.errors import OutOfMemory
+    from egrpo.io import atomic_write_text
+
+    key = hashlib.sha256(json.dumps(sys.argv[1:] if args.argv is None else args.argv).encode()
+                         + Path(args.config).read_bytes()).hexdigest()[:16]
+    marker = Path("results") / cfg["experiment"] / "failures" / f"oom-{args.command}-{key}.txt"
+    if marker.is_file():
+        raise OutOfMemory(f"{marker.read_text().strip()} [not run again unchanged: this command ran out of memory "
+                          f"with this config before; change a knob, or delete {marker} to retry as is]")
+    try:
+        yield
+    except OutOfMemory as error:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker, str(error) + "\n")
+        raise
+
+
+def _run_stage(args, cfg) -> None:
+    from egrpo.device import set_stage
+
+    set_stage(args.command)
     if args.command == "mlflow-init":
         from egrpo.tracking import init_store, tracking_uri
         print(f"mlflow: experiment {cfg['experiment']} ({init_store(cfg)}) in {tracking_uri(cfg)}")
@@ -214,8 +254,15 @@ def _dispatch(args) -> None:
         logging.getLogger("egrpo").info("tau = %s, %d plan entries, skipped steps %s", plan["tau"],
                                         len(plan["plan"]), plan["skipped"])
     elif args.command == "train":
-        if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
-            _relaunch_with_accelerate(args.gpus)
+        from egrpo import launch
+        argv = sys.argv[1:] if args.argv is None else args.argv
+        if args.nodes > 1 and not launch.launched():   # this node's launcher (one srun task per node)
+            code = launch.run_node(args.nodes, args.gpus, launch.worker_argv(argv))
+            if code:
+                raise SystemExit(code)
+            return
+        if args.gpus > 1 and not launch.launched():
+            launch.relaunch_with_accelerate(args.gpus, launch.worker_argv(argv))
         from egrpo.train import run_train
         m = run_train(cfg, args.algorithm, args.reward_setting, args.seed, args.model, args.plan, args.out, args.resume_dir)
         if m is not None:  # the main process of a multi-process run, or a single process
@@ -235,13 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     from egrpo.errors import UserError
 
     args = _parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO, format=f"egrpo {args.command}: %(message)s", stream=sys.stderr)
     try:
         _check_input_files(args)
         _dispatch(args)
     except UserError as e:
         print(f"egrpo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except OSError as e:
         if e.filename is None:   # not about a path the user can fix: a bug or the machine, keep the traceback
             raise

@@ -179,10 +179,16 @@ def _check_semantics(cfg: dict) -> None:
                                   f"not overlap the previous one and end at or before num_steps ({n})")
             end = start + length
     m, train = cfg["model"], cfg["train"]
-    gpus = int((cfg.get("resources") or {}).get("train", {}).get("gpu") or 0)
-    if gpus > 1 and train["prompts_per_iteration"] % gpus:
+    job = (cfg.get("resources") or {}).get("train", {})
+    nodes, gpus = int(job.get("nodes") or 1), int(job.get("gpu") or 0)
+    processes = nodes * max(gpus, 1)
+    if processes > 1 and train["prompts_per_iteration"] % processes:
         raise ConfigError(f"train.prompts_per_iteration: {train['prompts_per_iteration']} prompts per iteration cannot "
-                          f"be split evenly over the train job's {gpus} GPUs (resources.train.gpu)")
+                          f"be split evenly over the train job's {processes} processes (resources.train: {nodes} "
+                          f"node(s) x {max(gpus, 1)})")
+    for rule, sizes in (cfg.get("resources") or {}).items():
+        if rule != "train" and int(sizes.get("nodes") or 1) > 1:
+            raise ConfigError(f"resources.{rule}.nodes: only the train job runs over several nodes")
     if train["sharding"] == "fsdp" and train["finetune"] != "full":
         raise ConfigError("train.sharding: fsdp shards full fine-tuning (train.finetune: full); a LoRA adapter "
                           "is small enough for every process to hold it (sharding: none)")

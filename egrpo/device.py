@@ -7,12 +7,19 @@ forces the CPU on a GPU machine; `cuda` / `cuda:N` insist on a GPU and fail clea
 Every tensor of a computation lives on this one device: models and their inputs are moved there
 when built, factories in the compute path name it (tests/test_device.py checks the source), and
 results come back to the CPU only at the edges (images for scoring and saving, logged numbers).
+
+Out of memory: `memory_phase` turns a CUDA out-of-memory error into one line naming the stage, the
+phase (rollout, decode, scoring, training, heldout; sampling or loading outside the trainer's
+phases), the peak and the config knobs that lower it; the CLI then refuses to run the same command
+with the same config again (egrpo/cli.py), so that a scheduler's retry does not repeat it.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from egrpo.errors import UserError
+from egrpo.errors import OutOfMemory, UserError
 
 
 def select_device(cfg: dict) -> torch.device:
@@ -44,3 +51,51 @@ def peak_memory_gib(device: torch.device) -> float | None:
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+
+# ---- out of memory: one line that says what to change -------------------------------------------
+# the knobs that lower each phase's peak (docs: README "What a failure message means")
+MEMORY_KNOBS = {
+    "rollout": "sampling.max_batch_size (lanes per model call), model.offload_text_encoders: true, fewer "
+               "train.prompts_per_iteration per process (more GPUs)",
+    "decode": "model.decode_batch_size",
+    "scoring": "model.decode_batch_size (images scored per call), reward_models.<name>.precision: amp",
+    "training": "train.gradient_checkpointing: true, train.finetune: lora, train.sharding: fsdp over more GPUs, "
+                "a smaller samples_per_step",
+    "heldout": "train.heldout.images_per_prompt, model.decode_batch_size",
+    "sampling": "sampling.max_batch_size, model.decode_batch_size, model.offload_text_encoders: true",
+    "loading": "model.offload_text_encoders: true, model.dtype: bfloat16",
+    "pretraining": "pretrain.batch_size",
+}
+# tests: EGRPO_INJECT_OOM=<stage>:<phase> raises a CUDA out-of-memory error as that phase starts
+INJECT_OOM = "EGRPO_INJECT_OOM"
+_stage = ["egrpo"]
+
+
+def set_stage(name: str) -> None:
+    """The stage this process runs (the CLI subcommand), named in out-of-memory messages."""
+    _stage[0] = name
+
+
+@contextlib.contextmanager
+def memory_phase(phase: str, device: torch.device | None = None):
+    """Run one phase; a CUDA out-of-memory error in it becomes one OutOfMemory line."""
+    import os
+
+    stage = _stage[0]
+    try:
+        if os.environ.get(INJECT_OOM) == f"{stage}:{phase}":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by EGRPO_INJECT_OOM)")
+        yield
+    except torch.OutOfMemoryError as error:
+        where = "the GPU"
+        peak = ""
+        if device is None and torch.cuda.is_available():
+            device = torch.device("cuda", torch.cuda.current_device())
+        if device is not None and device.type == "cuda":
+            total = torch.cuda.get_device_properties(device).total_memory / 2**30
+            peak = f"peak {peak_memory_gib(device):.1f} of {total:.1f} GiB allocated on {device}; "
+            where = str(device)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
+        raise OutOfMemory(f"out of memory on {where} in stage {stage}, phase {phase}: {peak}{first.rstrip('.')}. "
+                          f"Lower the peak with: {MEMORY_KNOBS.get(phase, MEMORY_KNOBS['sampling'])}") from None

@@ -34,7 +34,8 @@ def collect(train_metrics: list[str], eval_summaries: list[str]) -> pd.DataFrame
             m = train[s["name"]]
             row.update(algorithm=m["algorithm"], reward_setting=m["reward_setting"], seed=m["seed"],
                        nfe_total=m["nfe_total"], forward_equivalents=m["forward_equivalents"],
-                       wall_s=m["wall_s"], gpu_hours=gpu_hours(m), final_train_reward=m["final_train_reward"])
+                       wall_s=m["wall_s"], gpu_hours=gpu_hours(m), final_train_reward=m["final_train_reward"],
+                       time_limit_stops=m.get("time_limit_stops", 0))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -111,6 +112,19 @@ def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo
     return "\n".join(lines + notes) + "\n"
 
 
+def requeue_note(per_policy: pd.DataFrame) -> str:
+    """One line naming the runs that went on over several jobs (stopped before a time limit and
+    resumed; egrpo/timelimit.py), empty when none did."""
+    if "time_limit_stops" not in per_policy:
+        return ""
+    stopped = per_policy[per_policy["time_limit_stops"].fillna(0) > 0]
+    if stopped.empty:
+        return ""
+    runs = ", ".join(f"{p} {int(n)}" for p, n in zip(stopped["policy"], stopped["time_limit_stops"]))
+    return (f"Requeued at a time limit (stops, each resumed from its saved state): {runs}; "
+            f"{int(stopped['time_limit_stops'].sum())} requeue(s) in all.\n")
+
+
 def compute_caveats(table: pd.DataFrame, baseline: str = "dancegrpo", tolerance: float = 0.1) -> list[str]:
     """One line per reward setting whose rows used different compute (forward-equivalents)."""
     if "forward_equivalents" not in table:
@@ -181,14 +195,17 @@ def plot_reward_std(profile: pd.DataFrame, path) -> None:
     plt.close(fig)
 
 
-def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8, min_size: int = 96) -> None:
+def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8, min_size: int = 96,
+                      metric: str | None = None) -> None:
     """Rows: base and the first seed of each policy; columns: the same prompts and seeds, each
-    captioned with its prompt. Small images are enlarged (nearest neighbour) to `min_size` px."""
+    captioned with its prompt. Small images are enlarged (nearest neighbour) to `min_size` px.
+    With `metric`, every image carries its score and every row its mean over the images shown, so
+    that policies whose images look alike still read apart."""
     import textwrap
 
     from PIL import Image, ImageDraw
 
-    rows, labels, seen, files_of_first = [], [], set(), []
+    rows, labels, seen, files_of_first, row_scores = [], [], set(), [], []
     for directory in eval_dirs:
         name = directory.name
         kind = name if name == "base" else name.rsplit("-", 1)[0]
@@ -200,6 +217,7 @@ def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8, min_size
             rows.append([Image.open(f).convert("RGB") for f in files])
             labels.append(kind)
             files_of_first = files_of_first or files
+            row_scores.append(_image_scores(directory, files, metric))
     if not rows:  # evaluations without saved images (older runs): say so in the picture
         canvas = Image.new("RGB", (320, 40), "white")
         ImageDraw.Draw(canvas).text((8, 12), "no evaluation images found", fill="black")
@@ -225,18 +243,43 @@ def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8, min_size
     for c, lines in enumerate(captions):
         for k, line in enumerate(lines):
             draw.text((label_w + c * (w + pad), 2 + 12 * k), line, fill="black")
-    for r, (images, label) in enumerate(zip(rows, labels)):
+    for r, (images, label, scores) in enumerate(zip(rows, labels, row_scores)):
         y = top + r * (h + pad)
+        known = [s for s in scores if s is not None]
         draw.text((4, y + h // 2 - 5), label, fill="black")
-        for c, img in enumerate(images):
-            canvas.paste(img.resize((w, h), Image.NEAREST), (label_w + c * (w + pad), y))
+        if known:
+            draw.text((4, y + h // 2 + 7), f"{metric} {sum(known) / len(known):.3f}", fill="black")
+        for c, (img, score) in enumerate(zip(images, scores)):
+            x = label_w + c * (w + pad)
+            canvas.paste(img.resize((w, h), Image.NEAREST), (x, y))
+            if score is not None:   # the image's score on a white strip along its bottom edge
+                draw.rectangle((x, y + h - 12, x + 6 * len(f"{score:.3f}") + 3, y + h), fill="white")
+                draw.text((x + 2, y + h - 12), f"{score:.3f}", fill="black")
     tmp = Path(path).with_suffix(".tmp.png")
     canvas.save(tmp)
     tmp.replace(path)
 
 
+def _image_scores(directory: Path, files: list[Path], metric: str | None) -> list[float | None]:
+    """Each image's `metric` score from its evaluation's scores.csv (p<prompt>_i<image>.png)."""
+    table = directory / "scores.csv"
+    if metric is None or not table.is_file():
+        return [None] * len(files)
+    scores = pd.read_csv(table)
+    if metric not in scores:
+        return [None] * len(files)
+    by_image = {(int(p), int(i)): float(v) for p, i, v in zip(scores["prompt_index"], scores["image_index"], scores[metric])}
+    out = []
+    for f in files:
+        prompt, _, image = f.stem.partition("_")
+        out.append(by_image.get((int(prompt.lstrip("p") or 0), int(image.lstrip("i") or 0))))
+    return out
+
+
 def plot_training(train_logs: list[str], path, x: str = "nfe_total") -> None:
     """Training reward against NFE: mean over seeds with a min-max band, one colour per run kind."""
+    import textwrap
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -253,21 +296,109 @@ def plot_training(train_logs: list[str], path, x: str = "nfe_total") -> None:
     data["setting"] = data["label"].str.split(" / ").str[1]
     settings = list(dict.fromkeys(data["setting"]))
     colours = {a: f"C{n}" for n, a in enumerate(dict.fromkeys(data["algorithm"]))}  # one colour per algorithm
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 3.8), squeeze=False)
+    unit = {"nfe_total": "NFE", "wall_s": "s"}.get(x, x)
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.2), squeeze=False)
     for ax, setting in zip(axes[0], settings):  # one panel per reward setting: their scales differ
+        finals = {}
         for algorithm, df in data[data["setting"] == setting].groupby("algorithm", sort=False):
             g = df.groupby("iteration").agg(x=(x, "mean"), mean=("reward_mean", "mean"),
                                              lo=("reward_mean", "min"), hi=("reward_mean", "max"))
             ax.plot(g["x"], g["mean"], color=colours[algorithm], label=algorithm)
             ax.fill_between(g["x"], g["lo"], g["hi"], color=colours[algorithm], alpha=0.15)
-        ax.set_title(f"reward setting: {setting}", fontsize=10)
-        ax.set_xlabel({"nfe_total": "model forward evaluations (rollout + training)",
-                       "wall_s": "wall-clock [s]"}.get(x, x))
+            finals[algorithm] = (g["mean"].iloc[-1], g["x"].iloc[-1])
+        costs = [c for _, c in finals.values() if c > 0]
+        spread = max(costs) / min(costs) if costs else 1.0
+        label = {"nfe_total": "model forward evaluations (rollout + training)", "wall_s": "wall-clock [s]"}.get(x, x)
+        if spread > 5:   # one run would be squeezed into the first tenth of a linear axis
+            ax.set_xscale("log")
+            label += f"\nlog scale: the runs' costs differ {spread:.0f}x"
+        verdict = "; ".join(f"{a} {r:.4g} at {_short(c)} {unit}" for a, (r, c) in finals.items())
+        ax.set_title(textwrap.fill(f"{setting}: final training reward {verdict}", 70), fontsize=8.5)
+        ax.set_xlabel(label)
         ax.set_ylabel("training reward (mean over group)")
         ax.legend(fontsize=8)
-    fig.suptitle("Training reward against cost (line: mean over seeds; band: min-max)")
+    fig.suptitle("Training reward against cost (line: mean over seeds; band: min-max)", fontsize=10)
+    fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def _short(value: float) -> str:
+    """1234 -> 1.2k, 3.4e6 -> 3.4M."""
+    for factor, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.1f}{suffix}"
+    return f"{value:.0f}"
+
+
+def value_at(xs, ys, at: float) -> float:
+    """A curve's value at x = at by linear interpolation (NaN beyond its ends)."""
+    import numpy as np
+
+    return float(np.interp(at, xs, ys, left=np.nan, right=np.nan)) if len(xs) else float("nan")
+
+
+def plot_heldout(train_metrics: list[str], path) -> str:
+    """The held-out curves (train.heldout) against forward-equivalents, mean over seeds per
+    algorithm, one panel per held-out metric and reward setting, each read at the common budget B
+    (the smallest final cost of all runs): what each policy reaches with the same compute. Returns
+    the verdict lines ('' without curves)."""
+    import textwrap
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = [json.loads(Path(p).read_text()) for p in train_metrics]
+    curves = [(m, pd.DataFrame(m["heldout_curve"])) for m in runs if m.get("heldout_curve")]
+    metrics = sorted({c[len("heldout_"):] for _, df in curves for c in df.columns if c.startswith("heldout_")})
+    if not curves or not metrics:
+        fig, ax = plt.subplots(figsize=(6, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no held-out curve: set train.heldout.every (or every_forward_equivalents)\n"
+                "and train.heldout.metrics to measure the policy on held-out prompts during training",
+                ha="center", va="center", fontsize=9)
+        save_figure(fig, path)
+        plt.close(fig)
+        return ""
+    budget = min(float(df["forward_equivalents"].iloc[-1]) for _, df in curves)
+    settings = list(dict.fromkeys(m["reward_setting"] for m, _ in curves))
+    panels = [(metric, setting) for metric in metrics for setting in settings]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.8 * len(panels), 4.6), squeeze=False)
+    colours = {a: f"C{n}" for n, a in enumerate(dict.fromkeys(m["algorithm"] for m, _ in curves))}
+    verdicts = []
+    for ax, (metric, setting) in zip(axes[0], panels):
+        at_budget = {}
+        for algorithm in colours:
+            mine = [df for m, df in curves if (m["algorithm"], m["reward_setting"]) == (algorithm, setting)
+                    and f"heldout_{metric}" in df]
+            if not mine:
+                continue
+            end = min(float(df["forward_equivalents"].iloc[-1]) for df in mine)
+            grid = np.linspace(0, end, 50)
+            ys = np.array([[value_at(df["forward_equivalents"], df[f"heldout_{metric}"], x) for x in grid] for df in mine])
+            ax.plot(grid, ys.mean(0), color=colours[algorithm], label=f"{algorithm} (n={len(mine)})")
+            if len(mine) > 1:
+                ax.fill_between(grid, ys.min(0), ys.max(0), color=colours[algorithm], alpha=0.15)
+            at_budget[algorithm] = float(np.mean([value_at(df["forward_equivalents"], df[f"heldout_{metric}"], budget)
+                                                  for df in mine]))
+        ax.axvline(budget, color="0.4", ls=":", lw=1)
+        said = ", ".join(f"{k} {v:.4g}" for k, v in at_budget.items())
+        where = f" ({setting})" if len(settings) > 1 else ""
+        line = f"held-out {metric}{where} at equal compute ({_short(budget)} forward-equivalents): {said}"
+        if len(at_budget) > 1:
+            line += f"; highest: {max(at_budget, key=lambda k: at_budget[k])}"
+        verdicts.append(line)
+        ax.set_title(textwrap.fill(line, 70), fontsize=8.5)
+        ax.set_xlabel("forward-equivalents (rollout + 3 x train fwd+bwd)\ndotted: the common budget")
+        ax.set_ylabel(f"held-out {metric} (mean over seeds)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Held-out reward against compute (train.heldout; band: min-max over seeds)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return "\n".join(verdicts)
 
 
 def per_policy_from_mlflow(cfg: dict, filter_string: str = "") -> pd.DataFrame:
@@ -312,6 +443,14 @@ def run_compare(cfg: dict, filter_string: str = "", out_csv: str | None = None) 
     from egrpo.errors import UserError
 
     per_policy = per_policy_from_mlflow(cfg, filter_string)
+    if not per_policy.empty:   # the config's runs only: a hand run with another seed is not in its table
+        wanted = {f"{a}-{r}-seed{s}" for a in cfg["algorithms"] for r in cfg["reward_settings"] for s in cfg["seeds"]}
+        keep = per_policy["policy"].isin(wanted | {"base"})
+        if (~keep).any():
+            import sys
+            print(f"egrpo compare: left out {int((~keep).sum())} run(s) outside the config's algorithms, reward "
+                  f"settings and seeds: {', '.join(per_policy.loc[~keep, 'policy'])}", file=sys.stderr)
+        per_policy = per_policy[keep]
     if per_policy.empty:
         raise UserError(f"no finished runs in MLflow experiment {cfg['experiment']!r}"
                         + (f" matching {filter_string!r}" if filter_string else ""))
@@ -324,7 +463,7 @@ def run_compare(cfg: dict, filter_string: str = "", out_csv: str | None = None) 
 
 
 FILES = ("table.csv", "table.md", "entropy_plan.png", "reward_std_per_step.png", "train_reward_vs_nfe.png",
-         "train_reward_vs_wall.png", "image_grid.png")
+         "train_reward_vs_wall.png", "heldout_vs_compute.png", "image_grid.png")
 
 
 def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries, out_dir) -> pd.DataFrame:
@@ -336,7 +475,9 @@ def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries,
         per_policy = collect(train_metrics, eval_summaries)
         table = summary_table(per_policy, metrics)
         atomic_write_text(out_dir / "table.csv", table.to_csv(index=False))
-        atomic_write_text(out_dir / "table.md", markdown(table, metrics))
+        heldout = plot_heldout(list(train_metrics), out_dir / "heldout_vs_compute.png")
+        atomic_write_text(out_dir / "table.md", markdown(table, metrics) + requeue_note(per_policy)
+                          + (f"\n{heldout}\n" if heldout else ""))
         atomic_write_text(out_dir / "policies.csv", per_policy.to_csv(index=False))
         plot_entropy_plan(pd.read_csv(profile_csv), json.loads(Path(plan_json).read_text()), out_dir / "entropy_plan.png")
         styles = per_style_table(eval_summaries)
@@ -345,7 +486,8 @@ def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries,
         logs = [str(Path(p).parent / "train_log.csv") for p in train_metrics]
         plot_training(logs, out_dir / "train_reward_vs_nfe.png", "nfe_total")
         plot_training(logs, out_dir / "train_reward_vs_wall.png", "wall_s")
-        policy_image_grid([Path(p).parent for p in eval_summaries], out_dir / "image_grid.png")
+        policy_image_grid([Path(p).parent for p in eval_summaries], out_dir / "image_grid.png",
+                          metric=(cfg["evaluate"]["metrics"] or metrics or [None])[0])
         for f in FILES:
             mlflow.log_artifact(str(out_dir / f))
     return table

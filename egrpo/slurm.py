@@ -8,7 +8,8 @@ What a partition can ever give is read from `sinfo` (one line per node and parti
 
 A job fits when one node of its partition has at least its CPUs (cpus_per_task, else threads),
 memory (mem_mb, or mem_mb_per_cpu x CPUs), GPUs (gpu, or a gres "gpu[:type]:N"), and its runtime
-(minutes) is within the partition's time limit. The Snakefile's `onstart` calls `preflight` when
+(minutes) is within the partition's time limit; a job over several nodes (`nodes`: the train job)
+needs that many such nodes, each of them giving those per-node sizes. The Snakefile's `onstart` calls `preflight` when
 the executor is slurm.
 """
 from __future__ import annotations
@@ -85,7 +86,7 @@ def request(resources: dict, threads: int = 1) -> dict:
         gpus = gres_gpus(str(resources.get("gres") or ""))
     return {"partition": resources.get("slurm_partition"), "cpus_per_task": cpus,
             "mem_mb": int(mem) if mem is not None else 0, "gpu": int(gpus or 0),
-            "runtime": float(resources.get("runtime") or 0)}
+            "runtime": float(resources.get("runtime") or 0), "nodes": int(resources.get("nodes") or 1)}
 
 
 def check(rule: str, asked: dict, nodes: list[Node]) -> str | None:
@@ -95,9 +96,13 @@ def check(rule: str, asked: dict, nodes: list[Node]) -> str | None:
     if not mine:
         known = sorted({n.partition for n in nodes})
         return f"rule {rule}: partition {partition!r} does not exist (sinfo lists {known}); set slurm_partition"
-    if any(asked["cpus_per_task"] <= n.cpus and asked["mem_mb"] <= n.mem_mb and asked["gpu"] <= n.gpus
-           and asked["runtime"] <= n.max_minutes for n in mine):
+    fitting = [n for n in mine if asked["cpus_per_task"] <= n.cpus and asked["mem_mb"] <= n.mem_mb
+               and asked["gpu"] <= n.gpus and asked["runtime"] <= n.max_minutes]
+    if len(fitting) >= asked.get("nodes", 1):
         return None
+    if fitting:
+        return (f"rule {rule}: nodes={asked['nodes']} > {len(fitting)} (the nodes of partition {partition!r} that "
+                f"give cpus_per_task={asked['cpus_per_task']}, mem_mb={asked['mem_mb']}, gpu={asked['gpu']} each)")
     limits = {"cpus_per_task": max(n.cpus for n in mine), "mem_mb": max(n.mem_mb for n in mine),
               "gpu": max(n.gpus for n in mine), "runtime": max(n.max_minutes for n in mine)}
     over = [f"{key}={asked[key]:g} > {limit:g}" for key, limit in limits.items() if asked[key] > limit]

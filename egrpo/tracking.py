@@ -3,7 +3,9 @@
 The tracking URI is the user's MLFLOW_TRACKING_URI if set, else `mlflow.tracking_uri` of the
 config (default sqlite:///results/mlflow.db, relative to the working directory). The store and the
 experiment are created once (`egrpo mlflow-init`, run by the Snakefile's onstart) because several
-processes creating one SQLite store at once crash.
+processes creating one SQLite store at once crash. A SQLite store keeps its artifacts beside it
+(results/mlartifacts/ by default), not in MLflow's default ./mlruns of whatever directory a job
+runs in; a tracking server decides where its artifacts go.
 """
 from __future__ import annotations
 
@@ -32,11 +34,30 @@ def _mlflow(cfg: dict):
     return mlflow
 
 
+def artifact_location(cfg: dict) -> str | None:
+    """Where a new experiment keeps its artifacts: mlartifacts/ beside a SQLite store; None (the
+    server's choice) for other stores."""
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def _experiment(mlflow, cfg: dict):
+    """The config's experiment, created with its artifact location if it does not exist yet."""
+    name = cfg["experiment"]
+    if mlflow.get_experiment_by_name(name) is None:
+        from mlflow.exceptions import MlflowException
+        try:
+            mlflow.create_experiment(name, artifact_location=artifact_location(cfg))
+        except MlflowException:   # created meanwhile by another job
+            pass
+    return mlflow.set_experiment(name)
+
+
 def init_store(cfg: dict) -> str:
     """Create the store and the experiment if needed; return the experiment id."""
-    mlflow = _mlflow(cfg)
-    experiment = mlflow.set_experiment(cfg["experiment"])
-    return experiment.experiment_id
+    return _experiment(_mlflow(cfg), cfg).experiment_id
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -66,7 +87,7 @@ def scheduler_tags() -> dict[str, str]:
 def stage_run(cfg: dict, stage: str, tags: dict | None = None, run_id: str | None = None, run_name: str | None = None):
     """Start (or, with run_id, resume) the MLflow run of one job; yields the mlflow module and run."""
     mlflow = _mlflow(cfg)
-    mlflow.set_experiment(cfg["experiment"])
+    _experiment(mlflow, cfg)
     all_tags = {"stage": stage, **{k: str(v) for k, v in (tags or {}).items()}, **scheduler_tags()}
     with mlflow.start_run(run_id=run_id, run_name=run_name or stage) as run:
         if run_id is None:

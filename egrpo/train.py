@@ -5,6 +5,10 @@ rewards, group advantages: egrpo.scoring), `Trainer.update` (PPO-clip over the s
 one optimizer step per unit of the algorithm). Randomness of iteration t is drawn from a generator
 seeded by (seed, t) alone, so a run resumed from its resume state (egrpo.resume) draws exactly what
 an unbroken run draws. The held-out curve is egrpo.heldout.
+
+A run ends early, with one line, when the job's time limit nears (egrpo.timelimit: resume state
+saved, the next job continues), when a peer process stops answering for `train.peer_timeout_s`
+(egrpo.launch), or when a phase runs out of device memory (egrpo.device.memory_phase).
 """
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,14 +28,15 @@ from tqdm import tqdm
 
 from egrpo import ema, sde
 from egrpo.algorithms import build_algorithm
-from egrpo.device import peak_memory_gib, reset_peak_memory, select_device
-from egrpo.errors import UserError
+from egrpo.device import memory_phase, peak_memory_gib, reset_peak_memory, select_device
+from egrpo.errors import PeerLost, TimeLimitStop, UserError
 from egrpo.heldout import HeldoutCurve
 from egrpo.io import atomic_dir, atomic_write_json, atomic_write_text, load_prompts
 from egrpo.models import FlowModel, add_lora, load_pipeline, save_policy
 from egrpo.resume import ResumeState
 from egrpo.rewards import RewardSetting
 from egrpo.scoring import ScoredGroups, score_groups
+from egrpo.timelimit import JobClock
 from egrpo.tracking import stage_run
 
 log = logging.getLogger("egrpo.train")
@@ -131,6 +138,12 @@ class Trainer:
             plan = [(e["start"], e["length"]) for e in json.loads(Path(plan_path).read_text())["plan"]]
         self.plan = plan
         self.setting = RewardSetting(cfg["reward_settings"][reward_setting], cfg)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # the process group first, with train.peer_timeout_s: a collective that waits longer on a
+            # peer fails (gloo raises; NCCL's watchdog aborts) instead of hanging until the job's limit
+            from accelerate import PartialState
+            PartialState(cpu=cfg["model"].get("device") == "cpu" or not torch.cuda.is_available(),
+                         timeout=timedelta(seconds=self.tcfg["peer_timeout_s"]))
         device = select_device(cfg)  # model.device: auto (this process's GPU, else the CPU), cpu, cuda[:N]
         self.accelerator = Accelerator(mixed_precision=self.tcfg["mixed_precision"], cpu=device.type == "cpu")
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
@@ -187,7 +200,8 @@ class Trainer:
         self.sampler = PromptSampler(len(self.prompts), self.tcfg["prompts_per_iteration"], seed,
                                      self.tcfg["prompt_sampling"])
         self.state = {"iteration": 0, "nfe_rollout": 0, "nfe_train": 0, "prompts_seen": 0, "optimizer_steps": 0,
-                      "wall_s": 0.0, "rows": [], "heldout": [], "mlflow_run_id": None, "resumed_from": None}
+                      "wall_s": 0.0, "rows": [], "heldout": [], "mlflow_run_id": None, "resumed_from": None,
+                      "time_limit_stops": 0}
         self.resume = ResumeState(resume_dir, self.tcfg["finetune"], self.sharded)
         self.heldout = HeldoutCurve(cfg, self.accelerator.is_main_process, self.sharded)
 
@@ -256,7 +270,8 @@ class Trainer:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        yield
+        with memory_phase(name, device):
+            yield
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         into[f"{name}_s"] = time.perf_counter() - start
@@ -413,7 +428,7 @@ class Trainer:
     def heldout_point(self) -> dict:
         """The held-out rewards at the current cost (on the processes that measure)."""
         st = self.state
-        with self.ema.applied("heldout") if self.ema else contextlib.nullcontext():
+        with self.ema.applied("heldout") if self.ema else contextlib.nullcontext(), memory_phase("heldout", self.model.device):
             rewards = self.heldout.measure(self.model)
         return {"iteration": st["iteration"], "forward_equivalents": forward_equivalents(st),
                 "wall_s": st["wall_s"], **rewards}
@@ -424,7 +439,40 @@ class Trainer:
 
     # ---- the whole run --------------------------------------------------------------------------
     def run(self) -> dict | None:
-        """Train to the last iteration; only the main process writes files and logs to MLflow."""
+        """Train to the last iteration; only the main process writes files and logs to MLflow.
+        A collective that fails because a peer died or hangs ends this process with one line."""
+        try:
+            return self._run()
+        except RuntimeError as error:
+            if self.world > 1 and _collective_failure(error):
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise PeerLost(f"process {self.rank} of {self.world}: a peer process stopped answering (a collective "
+                               f"failed: {first[-200:]}; train.peer_timeout_s = {self.tcfg['peer_timeout_s']:g}); this "
+                               "process exits too; the first error is in the log of the process that stopped") from None
+            raise
+
+    def stop_reason(self, clock: JobClock) -> str | None:
+        """Why this job must stop before the next iteration; every process gets the same answer."""
+        reason = clock.reason_to_stop()
+        if self.world > 1:
+            import torch.distributed as dist
+            flag = torch.tensor([1.0 if reason else 0.0], device=self.accelerator.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and not reason:
+                reason = "another process of the job was told to stop"
+        return reason
+
+    def stop_for_time_limit(self, reason: str, iteration: int) -> None:
+        """Save the resume state now and end the job; the next one continues from it."""
+        self.state["time_limit_stops"] = self.state.get("time_limit_stops", 0) + 1
+        if self.accelerator.is_main_process or self.sharded:
+            self.save_resume()
+        self.accelerator.wait_for_everyone()
+        raise TimeLimitStop(f"{reason}; stopped after iteration {iteration} of {self.tcfg['iterations']} with the "
+                            f"resume state saved in {self.resume.resume_dir}: the next job continues from it "
+                            "(Snakemake's retries submit it again)")
+
+    def _run(self) -> dict | None:
         self.load_resume()
         main = self.accelerator.is_main_process
         iterations = self.tcfg["iterations"]
@@ -446,11 +494,18 @@ class Trainer:
                        disable=not main)
             if self.heldout.measured_here and not self.state.get("heldout"):
                 self.state["heldout"] = [self.heldout_point()]  # the base model, at zero cost
+            clock, done_here = JobClock(self.tcfg["time_limit_margin_s"]), 0
             for it in bar:
                 if self.budget_spent():
                     log.info("budget of %d forward-equivalents spent after %d iterations",
                              self.tcfg["max_forward_equivalents"], it)
                     break
+                # at least one iteration per job, so that a margin longer than the job cannot loop
+                reason = self.stop_reason(clock) if done_here else None
+                if reason:
+                    bar.close()
+                    self.stop_for_time_limit(reason, it)
+                started = time.perf_counter()
                 fe_before = forward_equivalents(self.state)
                 row = self.iteration(it)
                 self.state["rows"].append(row)
@@ -470,6 +525,9 @@ class Trainer:
                     self.accelerator.wait_for_everyone()
                 if self.state["resumed_from"] is None:
                     _fault_injection(it + 1)
+                _test_delays(it + 1)
+                done_here += 1
+                clock.iteration_took(time.perf_counter() - started)
             policy = None
             with self.ema.applied("policy") if self.ema else contextlib.nullcontext():  # the EMA, where it is the policy
                 if self.sharded:  # gathered from every process's shards onto the main one
@@ -521,6 +579,7 @@ class Trainer:
             "family": self.model.family.name,
             "ema": self.ema_setting,
             "prompt_sampling": self.tcfg["prompt_sampling"],
+            "time_limit_stops": st.get("time_limit_stops", 0),
         }
         atomic_write_json(self.out_dir / "metrics.json", metrics)
         return metrics
@@ -528,11 +587,31 @@ class Trainer:
 
 def _fault_injection(done: int) -> None:
     """Tests set EGRPO_KILL_AFTER_ITERATION=k to SIGKILL a fresh (not resumed) run after iteration k."""
-    import os
     import signal
 
     if os.environ.get("EGRPO_KILL_AFTER_ITERATION") == str(done):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _test_delays(done: int) -> None:
+    """Tests: EGRPO_HANG_AFTER_ITERATION=k makes this process hang after iteration k (a stuck peer);
+    EGRPO_SLOW_ITERATION_S=s makes every iteration s seconds longer (a run that outlasts a time limit)."""
+    if os.environ.get("EGRPO_HANG_AFTER_ITERATION") == str(done):
+        while True:
+            time.sleep(60)
+    if os.environ.get("EGRPO_SLOW_ITERATION_S"):
+        time.sleep(float(os.environ["EGRPO_SLOW_ITERATION_S"]))
+
+
+def _collective_failure(error: RuntimeError) -> bool:
+    """A collective failed because a peer died or did not answer in time (gloo or NCCL)."""
+    import torch.distributed as dist
+
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return any(s in text for s in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer",
+                                   "Timed out", "Broken pipe"))
 
 
 def run_train(cfg, algorithm, reward_setting, seed, model_dir, plan_path, out_dir, resume_dir) -> dict:

@@ -60,6 +60,8 @@ SLOW_FIRST = [
     "test_families.py::test_micro_dag_runs_on_every_family",
     "test_sharding.py::test_fsdp_trains_what_data_parallel_trains_and_resumes",
     "test_train.py::test_sigkill_then_resume_matches_unbroken_run",
+    "test_cluster.py::test_two_nodes_end_at_the_weights_of_one_node_with_as_many_processes",
+    "test_cluster.py::test_a_peer_that_stops_answering_ends_the_others_within_the_timeout",
     "test_benchmarks.py::test_memory_benchmark_one_iteration",
     # these start from the shared micro DAG, built in the background meanwhile: after the ones above
     "test_faults.py::test_killed_jobs_keep_going_then_resume",

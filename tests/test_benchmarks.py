@@ -110,3 +110,37 @@ def test_gpu_e2e_smoke_shards_full_fine_tuning_over_two_processes():
     assert [r[0].strip() for r in rows] == ["dancegrpo", "flowgrpo"]
     assert all(int(v) > 0 for r in rows for v in r[5].split("/"))
     assert "gpu_e2e: all parts passed" in out
+
+
+def test_gpu_e2e_smoke_runs_the_other_families_through_the_trainer():
+    """Parts sd35 and qwenimage at their tiny instances: one iteration per algorithm with each family's
+    recipe (config/sd35.yaml, config/qwenimage.yaml), true CFG counted in the rollout NFE."""
+    out = run("benchmarks/gpu_e2e.py", "--smoke", "--parts", "sd35", "qwenimage", "--algorithms", "egrpo", "flowgrpo")
+    assert "part sd35:" in out and "guidance 4.5" in out and "part qwenimage:" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "algorithm" not in line]
+    assert [r[0].strip() for r in rows] == ["egrpo", "flowgrpo"] * 2
+    assert all(int(v) > 0 for r in rows for v in r[5].split("/"))
+    assert "gpu_e2e: all parts passed" in out
+
+
+def test_gpu_e2e_builds_the_published_shapes_of_sd35_and_qwen_image():
+    """The paper-shape pipelines (built on the meta device: no memory) have the published sizes:
+    SD3.5-Medium's 2.24 B transformer with CLIP-L, CLIP-G and T5-XXL; Qwen-Image's 20.4 B transformer
+    with Qwen2.5-VL 7B (8.3 B with its vision tower)."""
+    import importlib.util
+
+    import torch
+
+    from egrpo.config import load
+    from egrpo.io import load_prompts
+
+    spec = importlib.util.spec_from_file_location("gpu_e2e", ROOT / "benchmarks/gpu_e2e.py")
+    g = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(g)
+    words = [p.text for p in load_prompts(str(ROOT / "config/prompts/train.txt"), "prompts.train")]
+    billions = lambda m: round(sum(p.numel() for p in m.parameters()) / 1e9, 2)
+    sd35 = g.family_shaped_pipeline("sd35", False, torch.device("meta"), words, load(ROOT / "config/sd35.yaml"))
+    assert (billions(sd35.transformer), billions(sd35.text_encoder), billions(sd35.text_encoder_2),
+            billions(sd35.text_encoder_3)) == (2.24, 0.12, 0.69, 4.76)
+    qwen = g.family_shaped_pipeline("qwenimage", False, torch.device("meta"), words, load(ROOT / "config/qwenimage.yaml"))
+    assert (billions(qwen.transformer), billions(qwen.text_encoder), billions(qwen.vae)) == (20.43, 8.29, 0.13)

@@ -186,3 +186,31 @@ def test_headline_interval_and_curve_table(tmp_path):
     assert e.loc[1000, "mean"] == pytest.approx(0.65)
     assert e.loc[1000, "se"] == pytest.approx(np.std([0.5, 0.7, 0.7, 0.7], ddof=1) / 2)
     assert e.loc[500, "mean"] == pytest.approx(0.3 + 0.5 * 0.35)
+
+
+def test_the_fraction_plot_states_the_verdicts_statistic():
+    """7 of 8 seeds reach DanceGRPO at a mean of 0.47, the median over all 8 (never = infinite) is 0.53:
+    the verdict (target 0.5) and the plot's title both read the median."""
+    import math
+
+    import pandas as pd
+
+    from egrpo.claims import fraction_title, match_fraction
+
+    fractions = [0.1, 0.2, 0.45, 0.5, 0.56, 0.7, 0.78]  # mean 0.47, the 8th seed never reaches it
+    rows, final = [], []
+    for seed, f in enumerate(fractions + [None]):
+        final += [("dancegrpo", seed, 0.5, 100.0, 10.0), ("egrpo", seed, 0.6, 100.0, 10.0)]
+        reach = 100.0 * f if f is not None else math.inf
+        for x, v in ((0.0, 0.0), (reach, 0.5), (100.0, 0.5)) if f is not None else ((0.0, 0.0), (100.0, 0.4)):
+            rows.append({"algorithm": "egrpo", "seed": seed, "iteration": int(x), "forward_equivalents": x,
+                         "wall_s": x / 10, "value": v})
+    curves = pd.DataFrame(rows)
+    table = pd.DataFrame(final, columns=["algorithm", "seed", "value", "forward_equivalents", "wall_s"])
+    frac = match_fraction(curves, table.set_index(["algorithm", "seed"]),
+                          {"target_fraction": 0.5, "bootstrap_resamples": 200})
+    assert frac["mean"] == pytest.approx(sum(fractions) / 7) and frac["median_all_seeds"] == pytest.approx(0.53)
+    assert frac["held"] is False
+    title = fraction_title(frac, "alignment")
+    assert "at 0.53 of its forward-equivalents: median over all 8 seeds" in title and "did not hold" in title
+    assert "7 of 8 seeds reach it; their mean 0.47" in title

@@ -48,6 +48,16 @@ def test_official_plan_overlay_and_the_family_configs():
     official = validate(coerce_strings(merged))
     assert [(e["start"], e["length"]) for e in make_plan(official, None)["plan"]] == [(1, 1), (2, 1), (3, 1)]
     assert official["experiment"] == "paper_official_plan"
+    # DanceGRPO's 16 GPUs on 2 nodes: the overlay keeps paper.yaml's recipe and the other jobs' GPUs
+    merged = yaml.safe_load(open("config/paper.yaml"))
+    update_config(merged, yaml.safe_load(open("config/paper-dancegrpo-2nodes.yaml")))
+    dance = validate(coerce_strings(merged))
+    assert dance["resources"]["train"]["nodes"] == 2 and dance["resources"]["train"]["gpu"] == 8
+    assert dance["resources"]["evaluate"]["gpu"] == 1 and dance["train"]["prompts_per_iteration"] == 16
+    assert dance["train"]["gradient_checkpointing"] and dance["algorithms"] == ["dancegrpo"]
+    merged["train"]["prompts_per_iteration"] = 8
+    with pytest.raises(ConfigError, match="split evenly over the train job's 16 processes"):
+        validate(coerce_strings(merged))
     paper_plan = make_plan(load("config/paper.yaml"), None)["plan"]
     assert paper_plan[0]["start"] == 0 and [e["length"] for e in paper_plan].count(2) == 2
     sd35, qwen = load("config/sd35.yaml"), load("config/qwenimage.yaml")

@@ -36,6 +36,11 @@ def test_every_output_exists(workflow):
         for f in ("scores.csv", "summary.json", "grid.png"):
             assert (r / f"eval/{algorithm}-color-seed0/{f}").is_file()
     assert (r / "eval/base/summary.json").is_file()
+    # MLflow's artifacts (metrics.json, train_log.csv of each train run) beside its store, not in ./mlruns
+    assert not (workflow / "mlruns").exists()
+    for algorithm in ("egrpo", "dancegrpo"):
+        run_id = json.loads((r / f"train/{algorithm}/color/seed0/metrics.json").read_text())["mlflow_run_id"]
+        assert (workflow / "results/mlartifacts" / run_id / "artifacts/train_log.csv").is_file()
     plan = json.loads((r / "plan/plan.json").read_text())
     assert set(plan) >= {"tau", "rule", "plan"} and all(set(e) == {"start", "length", "entropy"} for e in plan["plan"])
     table = (r / "report/table.md").read_text()
@@ -83,6 +88,17 @@ def test_report_html_and_compare_agree_with_the_table(micro_dag_copy):
     from_mlflow = pd.read_csv(out).set_index(["algorithm", "reward_setting"]).sort_index()
     from_files = pd.read_csv(r / "table.csv").set_index(["algorithm", "reward_setting"]).sort_index()
     pd.testing.assert_frame_equal(from_mlflow[from_files.columns], from_files, check_dtype=False, atol=1e-6)
+    # a config with one of the two algorithms: its table keeps to it and says what it left out
+    import yaml
+    cfg = yaml.safe_load(config.read_text())
+    cfg["algorithms"] = ["egrpo"]
+    (workflow / "egrpo-only.yaml").write_text(yaml.safe_dump(cfg))
+    only = subprocess.run([sys.executable, "-m", "egrpo", "compare", "--config", "egrpo-only.yaml"], cwd=workflow,
+                          capture_output=True, text=True)
+    assert only.returncode == 0, only.stderr[-3000:]
+    assert "| egrpo |" in only.stdout and "| dancegrpo |" not in only.stdout
+    assert "left out 1 run(s) outside the config's algorithms, reward settings and seeds: dancegrpo-color-seed0" \
+        in only.stderr
 
 
 def test_noop_rerun_and_forced_stage_rerun(micro_dag_copy):

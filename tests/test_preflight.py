@@ -25,7 +25,9 @@ def test_gres_and_time_limits_parse_like_slurm_writes_them():
 
 def test_requests_read_the_slurm_plugins_resource_names():
     assert request({"mem_mb": 4000, "cpus_per_task": 8, "gpu": 2, "runtime": 60, "slurm_partition": "gpu"}) == {
-        "partition": "gpu", "cpus_per_task": 8, "mem_mb": 4000, "gpu": 2, "runtime": 60.0}
+        "partition": "gpu", "cpus_per_task": 8, "mem_mb": 4000, "gpu": 2, "runtime": 60.0, "nodes": 1}
+    # a train job over 2 nodes as common.smk writes it: per-node gres, tasks = nodes
+    assert request({"nodes": 2, "tasks": 2, "mpi": "srun", "gres": "gpu:8", "mem_mb": 400000})["nodes"] == 2
     asked = request({"mem_mb_per_cpu": 1000, "gres": "gpu:a100:2"}, threads=4)
     assert (asked["cpus_per_task"], asked["mem_mb"], asked["gpu"], asked["partition"]) == (4, 4000, 2, None)
 
@@ -54,6 +56,16 @@ def test_jobs_that_fit_some_node_pass_and_the_rest_are_named():
     ]
     line = message(problems)
     assert "\n" not in line and line.startswith("egrpo: slurm preflight: no node can ever run these jobs: rule train")
+
+
+def test_a_job_over_several_nodes_needs_that_many_nodes_that_fit():
+    nodes = parse_sinfo(SINFO)
+    # partition gpu: one node gives 8 GPUs / 64 CPUs, the other 4 GPUs / 96 CPUs
+    assert preflight([job("train", slurm_partition="gpu", nodes=2, gres="gpu:4", cpus_per_task=32)], nodes) == []
+    assert preflight([job("train", slurm_partition="gpu", nodes=2, gres="gpu:8", cpus_per_task=32)], nodes) == [
+        "rule train: nodes=2 > 1 (the nodes of partition 'gpu' that give cpus_per_task=32, mem_mb=0, gpu=8 each)"]
+    assert preflight([job("train", slurm_partition="gpu", nodes=3, gres="gpu:1")], nodes) == [
+        "rule train: nodes=3 > 2 (the nodes of partition 'gpu' that give cpus_per_task=1, mem_mb=0, gpu=1 each)"]
 
 
 @pytest.mark.parametrize("bad", ["gpu*|x|1|(null)|1:00", "gpu*|4|1"])

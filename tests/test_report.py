@@ -43,3 +43,61 @@ def test_unknown_evaluation_se_is_an_empty_cell_not_a_missing_column():
     table = summary_table(without, ["hps"])
     assert "hps_eval_se" in table and table["hps_eval_se"].isna().all()
     assert "SE" not in markdown(table, ["hps"])
+
+
+def test_the_table_counts_the_requeues_of_runs_stopped_at_a_time_limit():
+    from egrpo.report import requeue_note
+
+    per_policy = pd.DataFrame({"policy": ["base", "egrpo-color-seed0", "egrpo-color-seed1"],
+                               "time_limit_stops": [None, 2, 0]})
+    note = requeue_note(per_policy)
+    assert note == ("Requeued at a time limit (stops, each resumed from its saved state): egrpo-color-seed0 2; "
+                    "2 requeue(s) in all.\n")
+    assert requeue_note(per_policy.assign(time_limit_stops=[None, 0, 0])) == ""
+    assert requeue_note(per_policy.drop(columns="time_limit_stops")) == ""
+
+
+def test_heldout_curves_are_read_at_the_common_budget(tmp_path):
+    """report/heldout_vs_compute.png: each algorithm's held-out curve read at the smallest final cost of
+    all runs (linear interpolation), said in one line; without curves the figure says how to get them."""
+    import json
+
+    from egrpo.report import plot_heldout
+
+    def run(algorithm, seed, fe, values):
+        path = tmp_path / f"{algorithm}{seed}.json"
+        curve = [{"iteration": i, "forward_equivalents": x, "wall_s": i, "heldout_alignment": v}
+                 for i, (x, v) in enumerate(zip(fe, values))]
+        path.write_text(json.dumps({"algorithm": algorithm, "reward_setting": "color", "seed": seed,
+                                    "heldout_curve": curve}))
+        return str(path)
+
+    paths = [run("egrpo", 0, [0, 100, 200], [0.1, 0.5, 0.6]), run("egrpo", 1, [0, 100, 200], [0.1, 0.3, 0.4]),
+             run("dancegrpo", 0, [0, 50], [0.1, 0.2])]
+    line = plot_heldout(paths, tmp_path / "h.png")
+    # budget 50: egrpo seeds 0.3 and 0.2 (mean 0.25), dancegrpo 0.2
+    assert line == "held-out alignment at equal compute (50 forward-equivalents): egrpo 0.25, dancegrpo 0.2; highest: egrpo"
+    assert (tmp_path / "h.png").stat().st_size > 0
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"algorithm": "egrpo", "reward_setting": "color", "seed": 0, "heldout_curve": []}))
+    assert plot_heldout([str(bare)], tmp_path / "none.png") == "" and (tmp_path / "none.png").is_file()
+
+
+def test_the_image_grid_reads_each_images_score(tmp_path):
+    from PIL import Image
+
+    from egrpo.report import _image_scores, policy_image_grid
+
+    for name, values in (("base", [0.1, 0.2]), ("egrpo-color-seed0", [0.7, 0.9])):
+        d = tmp_path / name
+        (d / "images").mkdir(parents=True)
+        pd.DataFrame({"prompt_index": [0, 0], "prompt": ["a red square"] * 2, "image_index": [0, 1],
+                      "alignment": values}).to_csv(d / "scores.csv", index=False)
+        for i in range(2):
+            Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(d / f"images/p0000_i{i}.png")
+    files = sorted((tmp_path / "egrpo-color-seed0/images").glob("*.png"))
+    assert _image_scores(tmp_path / "egrpo-color-seed0", files, "alignment") == [0.7, 0.9]
+    assert _image_scores(tmp_path / "egrpo-color-seed0", files, "hps") == [None, None]
+    policy_image_grid([tmp_path / "base", tmp_path / "egrpo-color-seed0"], tmp_path / "grid.png", metric="alignment")
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size[1] > 2 * 96   # two rows of enlarged images under their captions

@@ -264,9 +264,12 @@ class FlowModel:
     def decode(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Latents [B, ...] -> images [B, 3, H, W] in [0, 1] (float32, CPU), model.decode_batch_size
         images per VAE call."""
+        from egrpo.device import memory_phase
+
         images = []
-        for chunk in x.to(self.device).split(batch_size or self.decode_batch_size):
-            images.append((self.family.decode(chunk).float() / 2 + 0.5).clamp(0, 1).cpu())
+        with memory_phase("decode", self.device):
+            for chunk in x.to(self.device).split(batch_size or self.decode_batch_size):
+                images.append((self.family.decode(chunk).float() / 2 + 0.5).clamp(0, 1).cpu())
         return torch.cat(images)
 
 

@@ -88,6 +88,33 @@ def policy_names():
     return ["base"] + [f"{a}-{r}-seed{s}" for a, r, s in train_runs()]
 
 
+def train_resources():
+    """resources.train for Snakemake. One node: as written (`gpu` GPUs). Several nodes (SLURM): the
+    slurm plugin's `mpi` path, under which the batch script runs the rule's own srun (one task per
+    node, `tasks` = nodes) instead of wrapping the job in a one-task step; `gpu` becomes the
+    per-node gres `gpu:<n>` (the plugin's `gpu` is the job's total) and the per-node count is kept
+    as `gpus_per_node` for the launcher."""
+    job = dict(config["resources"]["train"])
+    nodes = int(job.get("nodes") or 1)
+    if nodes == 1:
+        return job
+    gpus = int(job.pop("gpu", 0) or 0)
+    job.update(nodes=nodes, tasks=nodes, mpi="srun", tasks_per_gpu=0, gpus_per_node=gpus)
+    if gpus:
+        job["gres"] = f"gpu:{gpus}"
+    return job
+
+
+def train_launcher(resources):
+    """Several nodes: srun starts one `egrpo train --nodes N` per node (egrpo/launch.py); a task
+    that fails ends the others (--kill-on-bad-exit)."""
+    nodes = int(resources.get("nodes", 1) or 1)
+    if nodes == 1:
+        return ""
+    cpus = f" --cpus-per-task={resources.get('cpus_per_task')}" if resources.get("cpus_per_task") else ""
+    return f"srun --nodes={nodes} --ntasks-per-node=1{cpus} --kill-on-bad-exit=1 "
+
+
 def train_inputs(wildcards):
     """Only algorithms that use the merge plan depend on it: rerunning threshold keeps baselines."""
     inputs = {"model": model_input(), "prompts": prompt_file("train")}

@@ -13,14 +13,18 @@ rule train:
         plan=lambda w, input: f"--plan {input.plan}" if "plan" in input.keys() else "",
         out=lambda w: train_dir(w.algorithm, w.reward_setting, w.seed),
         resume=lambda w: f"{RESULTS}/resume/{w.algorithm}/{w.reward_setting}/seed{w.seed}",
+        # several nodes: srun, one `egrpo train --nodes N` per node (train_launcher in common.smk)
+        launcher=lambda w, resources: train_launcher(resources),
+        gpus=lambda w, resources: resources.get("gpus_per_node", resources.get("gpu", 0)),
+        nodes=lambda w, resources: resources.get("nodes", 1),
     log:
         f"{LOGS}/train/{{algorithm}}/{{reward_setting}}/seed{{seed}}.log",
     benchmark:
         f"{BENCH}/train/{{algorithm}}/{{reward_setting}}/seed{{seed}}.tsv"
     threads: 1
     resources:
-        **config["resources"]["train"],
+        **train_resources(),
     shell:
-        "OMP_NUM_THREADS={threads} egrpo train --gpus {resources.gpu} --config {CONFIG_FILE:q} --model {params.model:q} {params.plan}"
+        "OMP_NUM_THREADS={threads} {params.launcher}egrpo train --gpus {params.gpus} --nodes {params.nodes} --config {CONFIG_FILE:q} --model {params.model:q} {params.plan}"
         " --algorithm {wildcards.algorithm} --reward-setting {wildcards.reward_setting} --seed {wildcards.seed}"
         " --out {params.out:q} --resume-dir {params.resume:q} 2> {log:q}"
