@@ -483,3 +483,23 @@ def test_epoch_sampling_draws_each_prompt_once_per_epoch_never_twice_in_a_step()
         PromptSampler(10, 11, seed=0, mode="epoch")
     drawn = PromptSampler(2, 8, seed=0, mode="replacement").prompts(0, torch.Generator().manual_seed(0))
     assert len(drawn) == 8 and len(set(drawn)) <= 2                 # the earlier way: with replacement
+
+
+def test_measuring_the_heldout_curve_does_not_change_training(tmp_path, tiny_model_dir):
+    """config.yaml measures the held-out curve for the report: the measurement draws from its own
+    fixed noise and counts no cost, so the run trains exactly as without it."""
+    import torch
+    from safetensors.torch import load_file
+
+    runs = {}
+    for name, heldout in (("plain", {}), ("measured", {"every": 1, "metrics": ["alignment"], "num_prompts": 1,
+                                                          "images_per_prompt": 1})):
+        cfg = train_cfg(tmp_path / name, iterations=2, **({"heldout": heldout} if heldout else {}))
+        runs[name] = run_train(cfg, "egrpo", "color", 0, str(tiny_model_dir), plan_file(tmp_path),
+                               tmp_path / name / "o", tmp_path / name / "r")
+    assert runs["measured"]["heldout_curve"] and not runs["plain"]["heldout_curve"]
+    a, b = (pd.read_csv(tmp_path / n / "o/train_log.csv") for n in ("plain", "measured"))
+    pd.testing.assert_series_equal(a["reward_mean"], b["reward_mean"])
+    assert runs["plain"]["forward_equivalents"] == runs["measured"]["forward_equivalents"]
+    wa, wb = (load_file(str(tmp_path / n / "o/checkpoint/lora.safetensors")) for n in ("plain", "measured"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
