@@ -122,6 +122,34 @@ class Family:
         raise NotImplementedError
 
 
+class TrueCFG(Family):
+    """A family guided by true classifier-free guidance (SD3.5, Qwen-Image): `sampling.guidance` is
+    the CFG scale w, 1 turns it off; on, every velocity costs two evaluations per sample."""
+
+    @property
+    def cfg_on(self) -> bool:
+        return self.guidance > 1
+
+    @property
+    def evaluations_per_call(self) -> int:
+        return 2 if self.cfg_on else 1
+
+
+def shifted_pipeline_sigmas(family: Family, num_steps: int, calculate_shift) -> torch.Tensor:
+    """The schedule of a pipeline with resolution-dependent shifting (FLUX, Qwen-Image): sigmas
+    linspace(1, 1/N, N) through a fresh copy of its scheduler with mu = calculate_shift(image
+    tokens, the scheduler config's base/max sequence lengths and shifts), as the pipeline calls it;
+    `calculate_shift` is the family's pipeline module's own. [N+1] float64."""
+    import numpy as np
+
+    scheduler = type(family.pipe.scheduler).from_config(family.pipe.scheduler.config)
+    c = scheduler.config
+    mu = calculate_shift(family.num_tokens, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                         c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
+    return scheduler.sigmas.to(torch.float64)
+
+
 class FlowModel:
     """A family's pipeline with the calling conventions the rollout and the trainer use.
 

@@ -9,10 +9,9 @@ on; the official GRPO trainers use the static shift instead: `sampling.schedule:
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from egrpo.models.base import Conditioning, Family, check_resolution
+from egrpo.models.base import Conditioning, Family, check_resolution, shifted_pipeline_sigmas
 
 
 class Flux(Family):
@@ -83,12 +82,7 @@ class Flux(Family):
     def pipeline_sigmas(self, num_steps):
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
-        c = scheduler.config
-        mu = calculate_shift(self.num_tokens, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
-        return scheduler.sigmas.to(torch.float64)
+        return shifted_pipeline_sigmas(self, num_steps, calculate_shift)
 
     def predict(self, net, x, sigma, cond: Conditioning):
         batch = x.shape[0]

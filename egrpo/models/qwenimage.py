@@ -14,10 +14,9 @@ scheduler config (`sampling.schedule: pipeline`).
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from egrpo.models.base import Conditioning, Family, check_resolution
+from egrpo.models.base import Conditioning, TrueCFG, check_resolution, shifted_pipeline_sigmas
 
 # QwenImagePipeline's chat template and the number of its leading tokens it drops (its system
 # prompt: 34 tokens with Qwen2.5-VL's tokenizer); the tiny tokenizer gives the prefix as many
@@ -28,7 +27,7 @@ PROMPT_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the colo
 PROMPT_TEMPLATE_START = 34
 
 
-class QwenImage(Family):
+class QwenImage(TrueCFG):
     name = "qwenimage"
     pipeline_class = "QwenImagePipeline"
     # flow_grpo scripts/train_qwenimage.py: the joint attention's projections and both MLPs
@@ -44,14 +43,6 @@ class QwenImage(Family):
         self.channels = pipe.transformer.config.in_channels
         self.num_tokens = (self.latent_hw // 2) ** 2
         self.max_sequence_length = min(cfg["model"]["max_sequence_length"], 1024)
-
-    @property
-    def cfg_on(self) -> bool:
-        return self.guidance > 1
-
-    @property
-    def evaluations_per_call(self):
-        return 2 if self.cfg_on else 1
 
     @classmethod
     def build_tiny(cls, cfg: dict, texts: list[str]):
@@ -127,12 +118,7 @@ class QwenImage(Family):
     def pipeline_sigmas(self, num_steps):
         from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
 
-        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
-        c = scheduler.config
-        mu = calculate_shift(self.num_tokens, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
-        return scheduler.sigmas.to(torch.float64)
+        return shifted_pipeline_sigmas(self, num_steps, calculate_shift)
 
     def predict(self, net, x, sigma, cond: Conditioning):
         rows, batch = cond.rows, x.shape[0]

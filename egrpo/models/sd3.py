@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from egrpo.models.base import Conditioning, Family, check_resolution
+from egrpo.models.base import Conditioning, TrueCFG, check_resolution
 
 
-class SD3(Family):
+class SD3(TrueCFG):
     name = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
     # flow_grpo scripts/train_sd3.py: the joint attention's projections
@@ -31,14 +31,6 @@ class SD3(Family):
         self.latent_hw = resolution // pipe.vae_scale_factor
         self.channels = pipe.transformer.config.in_channels
         self.max_sequence_length = min(cfg["model"]["max_sequence_length"], pipe.tokenizer_3.model_max_length)
-
-    @property
-    def cfg_on(self) -> bool:
-        return self.guidance > 1
-
-    @property
-    def evaluations_per_call(self):
-        return 2 if self.cfg_on else 1
 
     @classmethod
     def build_tiny(cls, cfg: dict, texts: list[str]):
