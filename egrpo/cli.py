@@ -223,9 +223,6 @@ def _refuse_unchanged_oom_rerun(args, cfg):
 
 
 def _run_stage(args, cfg) -> None:
-    from egrpo.device import set_stage
-
-    set_stage(args.command)
     if args.command == "mlflow-init":
         from egrpo.tracking import init_store, tracking_uri
         print(f"mlflow: experiment {cfg['experiment']} ({init_store(cfg)}) in {tracking_uri(cfg)}")
