@@ -39,15 +39,15 @@ onstart:
         for problem in INPUT_PROBLEMS:
             print(f"egrpo: missing input: {problem}", file=sys.stderr)
         sys.exit(f"egrpo: {len(INPUT_PROBLEMS)} missing input(s), listed above; no job was started")
-    # A train job over several nodes needs SLURM's srun (egrpo/launch.py)
+    # A train job over several nodes needs SLURM's srun (egrpo/runtime/launch.py)
     if int(config["resources"]["train"].get("nodes") or 1) > 1 and (
             workflow.executor_plugin is None or workflow.executor_plugin.name != "slurm"):
         sys.exit(f"egrpo: resources.train.nodes is {config['resources']['train']['nodes']}: a train job over several "
                  "nodes runs on SLURM (--profile slurm); set nodes: 1 for this executor")
     # On SLURM: every job must fit some node of its partition, checked before anything is submitted
-    # (egrpo/slurm.py); a request no node can ever give would otherwise pend forever.
+    # (egrpo/runtime/slurm.py); a request no node can ever give would otherwise pend forever.
     if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
-        from egrpo.slurm import message, preflight
+        from egrpo.runtime.slurm import message, preflight
 
         try:
             problems = preflight(workflow.dag.needrun_jobs())

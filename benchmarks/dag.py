@@ -41,7 +41,7 @@ def main() -> None:
     assert "Nothing to be done" in noop.stdout + noop.stderr, "a complete run must leave nothing to do"
     # start-up of one job: imports + config + model load, without any sampling
     startup_code = ("from egrpo.config import load; from egrpo.models import FlowModel, load_pipeline; "
-                    "import egrpo.train, egrpo.tracking, mlflow; "
+                    "import egrpo.train.trainer, egrpo.runtime.tracking, mlflow; "
                     "cfg = load(sys.argv[1]); FlowModel(load_pipeline(cfg, sys.argv[2]), cfg)")
     config = sorted((work / "results/micro/configs").glob("*.yaml"))[-1]
     t_start = min(timed([sys.executable, "-c", "import sys; " + startup_code, str(config),

@@ -227,9 +227,9 @@ def paper_config(smoke: bool, work: Path, resolution: int, group_size: int, rewa
 
 
 def run_flux(args, work: Path) -> list[dict]:
-    import egrpo.train
-    from egrpo.io import load_prompts
-    from egrpo.threshold import make_plan
+    import egrpo.train.trainer
+    from egrpo.runtime.io import load_prompts
+    from egrpo.stages.threshold import make_plan
 
     device = torch.device("cpu") if args.smoke else torch.device("cuda")
     words = [p.text for p in load_prompts(str(ROOT / "config/prompts/train.txt"), "prompts.train")]
@@ -241,8 +241,8 @@ def run_flux(args, work: Path) -> list[dict]:
     for algorithm in args.algorithms:
         start = time.perf_counter()
         pipe = flux_shaped_pipeline(args.smoke, device, words)
-        egrpo.train.load_pipeline = lambda cfg, model_dir=None, pipe=pipe: pipe  # the random pipeline, not a path
-        trainer = egrpo.train.Trainer(cfg, algorithm, "shape", 0, None, str(work / "plan.json"),
+        egrpo.train.trainer.load_pipeline = lambda cfg, model_dir=None, pipe=pipe: pipe  # the random pipeline, not a path
+        trainer = egrpo.train.trainer.Trainer(cfg, algorithm, "shape", 0, None, str(work / "plan.json"),
                                       work / "out" / algorithm, work / "resume" / algorithm)
         setup_s = time.perf_counter() - start
         row = trainer.iteration(0)
@@ -335,9 +335,9 @@ def family_config(part: str, smoke: bool, work: Path, reward_dir: Path, resoluti
 
 def run_family(args, part: str, work: Path) -> list[dict]:
     """One iteration per algorithm with the family's recipe and shapes (part 4)."""
-    import egrpo.train
-    from egrpo.io import load_prompts
-    from egrpo.threshold import make_plan
+    import egrpo.train.trainer
+    from egrpo.runtime.io import load_prompts
+    from egrpo.stages.threshold import make_plan
 
     device = torch.device("cpu") if args.smoke else torch.device("cuda")
     words = [p.text for p in load_prompts(str(ROOT / "config/prompts/train.txt"), "prompts.train")]
@@ -359,8 +359,8 @@ def run_family(args, part: str, work: Path) -> list[dict]:
             s = FlowModel(pipe, cfg, device).sigmas(cfg["sampling"]["num_steps"]).tolist()
             schedule = pd.DataFrame({"step": range(len(s) - 1), "sigma": s[:-1], "sigma_next": s[1:]})
             (work / "plan.json").write_text(json.dumps(make_plan(cfg, schedule)))
-        egrpo.train.load_pipeline = lambda cfg, model_dir=None, pipe=pipe: pipe
-        trainer = egrpo.train.Trainer(cfg, algorithm, "shape", 0, None, str(work / "plan.json"),
+        egrpo.train.trainer.load_pipeline = lambda cfg, model_dir=None, pipe=pipe: pipe
+        trainer = egrpo.train.trainer.Trainer(cfg, algorithm, "shape", 0, None, str(work / "plan.json"),
                                       work / "out" / algorithm, work / "resume" / algorithm)
         row = trainer.iteration(0)
         rows.append({"algorithm": algorithm, "setup_s": time.perf_counter() - start - row["iteration_s"], **row})
@@ -376,8 +376,8 @@ def run_family(args, part: str, work: Path) -> list[dict]:
 def launch_fsdp(args, work: Path) -> None:
     """Prepare the reward and the config once, then run part 3 in one process per GPU (2 CPU processes
     with --smoke) under torch.distributed.run; their table comes back on stdout."""
-    from egrpo.io import load_prompts
-    from egrpo.threshold import make_plan
+    from egrpo.runtime.io import load_prompts
+    from egrpo.stages.threshold import make_plan
 
     processes = 2 if args.smoke else torch.cuda.device_count()
     if processes < 2:
@@ -402,9 +402,9 @@ def launch_fsdp(args, work: Path) -> None:
 def fsdp_worker(args, work: Path) -> None:
     """One process of part 3: the same random FLUX-shaped weights on every process (same seed), sharded
     by the Trainer; process 0 prints each algorithm's row and the memory held after sharding."""
-    import egrpo.train
+    import egrpo.train.trainer
     from egrpo.config import load
-    from egrpo.io import load_prompts
+    from egrpo.runtime.io import load_prompts
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     device = torch.device("cpu") if args.smoke else torch.device("cuda", local_rank)
@@ -415,8 +415,8 @@ def fsdp_worker(args, work: Path) -> None:
     for algorithm in args.algorithms:
         torch.manual_seed(0)  # identical random weights on every process
         pipe = flux_shaped_pipeline(args.smoke, device, words)
-        egrpo.train.load_pipeline = lambda cfg, model_dir=None, pipe=pipe: pipe
-        trainer = egrpo.train.Trainer(cfg, algorithm, "shape", 0, None, str(work / "plan.json"),
+        egrpo.train.trainer.load_pipeline = lambda cfg, model_dir=None, pipe=pipe: pipe
+        trainer = egrpo.train.trainer.Trainer(cfg, algorithm, "shape", 0, None, str(work / "plan.json"),
                                       work / "out" / algorithm, work / "resume" / algorithm)
         held = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
         row = trainer.iteration(0)
@@ -427,7 +427,7 @@ def fsdp_worker(args, work: Path) -> None:
                 if row.get(f"{p}_peak_gib", 0) > args.max_gib}
         if over:
             raise SystemExit(f"gpu_e2e: {algorithm} sharded: peak memory above {args.max_gib} GiB: {over}")
-        assert trainer.sharded and row["optimizer_steps"] > 0
+        assert trainer.processes.sharded and row["optimizer_steps"] > 0
         del trainer, pipe
         if device.type == "cuda":
             torch.cuda.empty_cache()

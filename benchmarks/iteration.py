@@ -30,8 +30,8 @@ def main() -> None:
     import json
 
     from egrpo.rewards import RewardSetting
-    from egrpo.threshold import make_plan
-    from egrpo.train import Trainer
+    from egrpo.stages.threshold import make_plan
+    from egrpo.train.trainer import Trainer
 
     cfg = benchmark_config(group_size=12)
     if args.tiny:
@@ -69,7 +69,7 @@ def main() -> None:
         for shape, grad, cond in calls:
             if grad:
                 velocity(torch.randn(shape), 0.5, cond).square().mean().backward()
-        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.trainable.optimizer.zero_grad(set_to_none=True)
 
     finals = row["groups"] * 12
     latents = torch.randn(finals, *model.family.latent_shape)

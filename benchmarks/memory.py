@@ -39,8 +39,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from egrpo.config import validate
-    from egrpo.models import add_lora, family_of, load_pipeline, run_build_model
-    from egrpo.threshold import make_plan
+    from egrpo.models import add_lora, family_of, load_pipeline
+from egrpo.stages.build_model import run_build_model
+    from egrpo.stages.threshold import make_plan
 
     tmp = Path(tempfile.mkdtemp(prefix="egrpo-mem-"))
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
@@ -69,7 +70,7 @@ def main() -> None:
     reference_mb = (weights + 3 * trainable) / 2**20
 
     runtime_mb = child_peak_mb([sys.executable, "-c", "import torch, diffusers, transformers, peft, accelerate, mlflow, "
-                                "egrpo.train"])
+                                "egrpo.train.trainer"])
     train_mb = child_peak_mb([sys.executable, "-m", "egrpo", "train", "--config", str(tmp / "cfg.yaml"), "--model",
                               str(model_dir), "--plan", str(tmp / "plan.json"), "--algorithm", args.algorithm,
                               "--reward-setting", setting, "--seed", "0", "--out", str(tmp / "out"),

@@ -27,9 +27,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from egrpo.config import validate
-    from egrpo.models import run_build_model
-    from egrpo.threshold import make_plan
-    from egrpo.train import Trainer
+    from egrpo.stages.build_model import run_build_model
+    from egrpo.stages.threshold import make_plan
+    from egrpo.train.trainer import Trainer
     import json
 
     cfg = yaml.safe_load(Path(args.config).read_text())

@@ -53,8 +53,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args()
 
-    from egrpo.models import load_pipeline, run_build_model
-    from egrpo.threshold import make_plan
+    from egrpo.models import load_pipeline
+from egrpo.stages.build_model import run_build_model
+    from egrpo.stages.threshold import make_plan
 
     cfg = benchmark_config(LARGE, resolution=32, group_size=4, num_steps=8)
     tmp = Path(cfg.pop("_tmp"))
@@ -65,7 +66,7 @@ def main() -> None:
     (tmp / "plan.json").write_text(json.dumps(make_plan(cfg, None)))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     runtime = peak_rss_mib([sys.executable, "-c", "import torch, diffusers, transformers, peft, accelerate, mlflow, "
-                            "egrpo.train"], env)
+                            "egrpo.train.trainer"], env)
     peaks = {}
     for sharding in ("none", "fsdp"):
         cfg["train"]["sharding"] = sharding

@@ -17,11 +17,10 @@ import jsonschema
 import yaml
 
 from egrpo.errors import ConfigError, UserError
+from egrpo.runtime.paths import SCHEMA
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = SCHEMA
 
-# Which algorithms read the merge plan (plan.json) as an input of their train job.
-ALGORITHMS_USING_PLAN = frozenset({"egrpo"})
 
 
 def _load_schema() -> dict:
@@ -293,7 +292,7 @@ def _missing(key: str, path: str, what: str) -> str | None:
 def input_problems(cfg: dict) -> list[str]:
     """Every file the DAG will read that is not there (model, reward weights and tokenizers, prompt
     files), one line each; the Snakefile stops on them before any job starts (onstart)."""
-    from egrpo.io import load_prompts
+    from egrpo.runtime.io import load_prompts
     from egrpo.rewards import REWARDS
 
     problems = []

@@ -183,7 +183,7 @@ def micro(tmp_path):
 def tiny_model_dir(tmp_path_factory):
     """The micro tiny FLUX, built once per run (read-only: copy it to change it)."""
     from egrpo.config import validate
-    from egrpo.models import run_build_model
+    from egrpo.stages.build_model import run_build_model
 
     def build(path):
         run_build_model(validate(micro_config(path.parent)), path)

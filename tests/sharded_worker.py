@@ -12,7 +12,7 @@ import sys
 from egrpo import sde
 from egrpo.algorithms.base import Algorithm
 from egrpo.cli import main
-from egrpo.train import Trainer
+from egrpo.train.update import PPOUpdate
 
 rank = int(os.environ["RANK"])
 update_units = Algorithm.update_units
@@ -25,7 +25,7 @@ def fewer_on_rank0(self, groups):
     return units
 
 
-ppo_clip_loss, update, calls = sde.ppo_clip_loss, Trainer.update, []
+ppo_clip_loss, update, calls = sde.ppo_clip_loss, PPOUpdate.__call__, []
 
 
 def nan_first_on_rank1(*args, **kwargs):
@@ -41,5 +41,5 @@ def counting_from_each_update(self, *args):
 
 Algorithm.update_units = fewer_on_rank0
 sde.ppo_clip_loss = nan_first_on_rank1
-Trainer.update = counting_from_each_update
+PPOUpdate.__call__ = counting_from_each_update
 sys.exit(main(sys.argv[1:]))

@@ -132,7 +132,7 @@ def test_gpu_e2e_builds_the_published_shapes_of_sd35_and_qwen_image():
     import torch
 
     from egrpo.config import load
-    from egrpo.io import load_prompts
+    from egrpo.runtime.io import load_prompts
 
     spec = importlib.util.spec_from_file_location("gpu_e2e", ROOT / "benchmarks/gpu_e2e.py")
     g = importlib.util.module_from_spec(spec)

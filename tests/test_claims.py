@@ -8,7 +8,11 @@ import pandas as pd
 import pytest
 
 from conftest import micro_config
-from egrpo.claims import first_crossing, heldout_curves, match_fraction, profile_claims, run_claims, spearman
+from egrpo.analysis.curves import first_crossing
+from egrpo.analysis.runs import heldout_curves
+from egrpo.analysis.claims import match_fraction, profile_claims
+from egrpo.stages.claims import run_claims
+from egrpo.analysis.stats import spearman
 from egrpo.config import validate
 
 CLAIMS = {"rho_min": 0.5, "merged_share": 0.75, "min_seeds": 3, "target_fraction": 0.5, "tuning_note": "none"}
@@ -45,7 +49,7 @@ def test_headline_fraction_and_comparison_on_known_curves():
         metrics.append(curve_metrics("dancegrpo", seed, 1000, [0.3, 0.35, 0.4, 0.45, 0.5]))
         metrics.append(curve_metrics("egrpo", seed, 1000, [0.3, 0.4, 0.5, 0.6, 0.7]))
         metrics.append(curve_metrics("mixgrpo", seed, 1000, [0.3, 0.3, 0.3, 0.3, 0.3 + 0.01 * seed]))
-    from egrpo.claims import comparison_claims
+    from egrpo.analysis.claims import comparison_claims
 
     out = comparison_claims(heldout_curves(metrics, "alignment"), CLAIMS)
     f = out["nfe_fraction_to_match_dancegrpo"]
@@ -123,7 +127,7 @@ def test_claims_config_needs_a_heldout_curve(tmp_path):
 
 
 def test_runs_are_compared_at_the_common_budget_not_at_their_overshoot():
-    from egrpo.claims import at_equal_budget
+    from egrpo.analysis.curves import at_equal_budget
 
     metrics = [curve_metrics("dancegrpo", 0, 1000, [0.2, 0.4]),     # 0 -> 1000
                curve_metrics("egrpo", 0, 1200, [0.2, 0.3, 0.5])]    # 0, 600, 1200: overshoots by 200
@@ -135,7 +139,7 @@ def test_runs_are_compared_at_the_common_budget_not_at_their_overshoot():
 
 
 def test_a_difference_within_noise_is_inconclusive_and_a_clear_loss_does_not_hold():
-    from egrpo.claims import comparison_claims
+    from egrpo.analysis.claims import comparison_claims
 
     metrics = []
     for seed, (e, d, m) in enumerate([(0.52, 0.50, 0.60), (0.49, 0.50, 0.61), (0.51, 0.50, 0.62)]):
@@ -149,7 +153,7 @@ def test_a_difference_within_noise_is_inconclusive_and_a_clear_loss_does_not_hol
 
 
 def test_bootstrap_interval_against_closed_forms():
-    from egrpo.claims import bootstrap_interval
+    from egrpo.analysis.stats import bootstrap_interval
 
     # one value: every resample is that value
     assert bootstrap_interval([0.4, 0.4, 0.4]) == (0.4, 0.4)
@@ -169,7 +173,8 @@ def test_bootstrap_interval_against_closed_forms():
 
 
 def test_headline_interval_and_curve_table(tmp_path):
-    from egrpo.claims import comparison_claims, curve_table
+    from egrpo.analysis.claims import comparison_claims
+    from egrpo.analysis.curves import curve_table
 
     metrics = [curve_metrics("dancegrpo", s, 1000, [0.3, 0.6]) for s in range(4)]
     metrics += [curve_metrics("egrpo", s, 1000, [0.3, 0.7 if s else 0.5]) for s in range(4)]
@@ -195,7 +200,8 @@ def test_the_fraction_plot_states_the_verdicts_statistic():
 
     import pandas as pd
 
-    from egrpo.claims import fraction_title, match_fraction
+    from egrpo.analysis.markdown import fraction_title
+    from egrpo.analysis.claims import match_fraction
 
     fractions = [0.1, 0.2, 0.45, 0.5, 0.56, 0.7, 0.78]  # mean 0.47, the 8th seed never reaches it
     rows, final = [], []

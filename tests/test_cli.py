@@ -97,7 +97,7 @@ def test_mlflow_runs_are_quiet_where_git_is_missing(tmp_path):
         "if sys.argv[1] == 'egrpo':\n"
         "    from egrpo.cli import _quiet_libraries\n"
         "    _quiet_libraries()\n"
-        "from egrpo.tracking import stage_run\n"
+        "from egrpo.runtime.tracking import stage_run\n"
         f"cfg = {{'experiment': 'probe', 'mlflow': {{'tracking_uri': 'sqlite:///{tmp_path}/mlflow.db'}}}}\n"
         "with stage_run(cfg, 'probe'):\n"
         "    pass\n")
@@ -117,7 +117,7 @@ def test_mlflow_runs_are_quiet_where_git_is_missing(tmp_path):
 def test_a_rerun_job_marks_the_runs_it_replaces(tmp_path):
     import mlflow
 
-    from egrpo.tracking import stage_run
+    from egrpo.runtime.tracking import stage_run
 
     cfg = {"experiment": "rerun", "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}}
     ids = {}

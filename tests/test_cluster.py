@@ -120,7 +120,7 @@ def test_a_peer_that_stops_answering_ends_the_others_within_the_timeout(tmp_path
     config, plan = write_config(tmp_path, cfg), plan_file(tmp_path)
     # node 1's process hangs after its first iteration (a stuck GPU, a hung file system)
     procs = start_two_nodes(tmp_path, config, tiny_model_dir, plan, tmp_path / "o",
-                            node_extra={1: {"EGRPO_HANG_AFTER_ITERATION": "1"}})
+                            node_extra={1: {"EGRPO_FAULT": "hang-after-iteration:1"}})
     try:
         _, err = procs[0].communicate(timeout=240)
     finally:
@@ -152,13 +152,13 @@ def test_out_of_memory_is_one_line_and_not_run_again_unchanged(tmp_path, tiny_mo
     config, plan = write_config(tmp_path, cfg), plan_file(tmp_path)
     argv = ["train", "--config", config, "--model", str(tiny_model_dir), "--plan", plan, *TRAIN_ARGS,
             "--out", str(tmp_path / "o"), "--resume-dir", str(tmp_path / "r")]
-    monkeypatch.setenv("EGRPO_INJECT_OOM", "train:training")
+    monkeypatch.setenv("EGRPO_FAULT", "oom:train:training")
     assert main(argv) == 2
     err = error_lines(capsys)
     assert len(err) == 1 and err[0].startswith("egrpo train: error: out of memory"), err
     assert "stage train, phase training" in err[0] and "train.gradient_checkpointing" in err[0]
     # Snakemake's retry of the same command with the same config: refused at once, nothing runs
-    monkeypatch.delenv("EGRPO_INJECT_OOM")
+    monkeypatch.delenv("EGRPO_FAULT")
     assert main(argv) == 2
     again = error_lines(capsys)
     assert len(again) == 1 and "not run again unchanged" in again[0] and "phase training" in again[0], again
@@ -173,11 +173,11 @@ def test_out_of_memory_is_one_line_and_not_run_again_unchanged(tmp_path, tiny_mo
 @pytest.mark.parametrize("phase", ["rollout", "decode", "scoring"])
 def test_out_of_memory_names_each_phase_and_its_knob(tmp_path, tiny_model_dir, monkeypatch, capsys, phase):
     from egrpo.cli import main
-    from egrpo.device import MEMORY_KNOBS
+    from egrpo.runtime.device import MEMORY_KNOBS
 
     monkeypatch.chdir(tmp_path)
     config, plan = write_config(tmp_path, train_cfg(tmp_path, iterations=1)), plan_file(tmp_path)
-    monkeypatch.setenv("EGRPO_INJECT_OOM", f"train:{phase}")
+    monkeypatch.setenv("EGRPO_FAULT", f"oom:train:{phase}")
     assert main(["train", "--config", config, "--model", str(tiny_model_dir), "--plan", plan, *TRAIN_ARGS,
                  "--out", str(tmp_path / "o"), "--resume-dir", str(tmp_path / "r")]) == 2
     err = error_lines(capsys)
@@ -187,7 +187,7 @@ def test_out_of_memory_names_each_phase_and_its_knob(tmp_path, tiny_model_dir, m
 def test_a_stop_before_the_time_limit_saves_and_the_next_job_continues_identically(tmp_path, tiny_model_dir,
                                                                                   monkeypatch):
     from egrpo.errors import TimeLimitStop
-    from egrpo.train import run_train
+    from egrpo.stages.train import run_train
 
     cfg = train_cfg(tmp_path, iterations=3)
     plan = plan_file(tmp_path)
@@ -200,7 +200,7 @@ def test_a_stop_before_the_time_limit_saves_and_the_next_job_continues_identical
     assert not (tmp_path / "o/metrics.json").exists()
     # the second job: a USR1 (a hand-written sbatch's --signal) after its first iteration stops it too
     monkeypatch.delenv("EGRPO_JOB_END_TIME")
-    from egrpo import train as train_module
+    from egrpo.train import trainer as train_module
 
     original = train_module.Trainer.iteration
 

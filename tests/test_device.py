@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from egrpo.config import validate
-from egrpo.device import select_device
+from egrpo.runtime.device import select_device
 from egrpo.errors import ConfigError, UserError
 from egrpo.models import FlowModel, load_pipeline
 
@@ -119,8 +119,8 @@ def test_compiled_transformer_serves_calls_without_gradients_only(tiny_model_dir
 
 
 def _train(micro, tiny_model_dir, tmp_path, name, **train):
-    from egrpo.threshold import run_threshold
-    from egrpo.train import run_train
+    from egrpo.stages.threshold import run_threshold
+    from egrpo.stages.train import run_train
 
     cfg = validate({**micro, "train": {**micro["train"], **train}})
     plan = tmp_path / "plan.json"

@@ -12,7 +12,8 @@ from snakemake_runs import copy_workflow, job_counts, snakemake_local
 
 from egrpo.config import validate
 from egrpo.errors import UserError
-from egrpo.models import FAMILIES, FlowModel, family_by_pipeline, load_pipeline, run_build_model
+from egrpo.models import FAMILIES, FlowModel, family_by_pipeline, load_pipeline
+from egrpo.stages.build_model import run_build_model
 from egrpo.rollout import ode_run
 
 ALGORITHMS = ["egrpo", "dancegrpo", "mixgrpo", "flowgrpo"]
@@ -93,7 +94,7 @@ def test_every_algorithm_trains_on_every_family(family, algorithm, finetune, tmp
     """One iteration through the real Trainer. Every transformer evaluation is counted: the model
     calls' closed form times the evaluations per call (2 under true CFG) equals what the hooked
     transformer saw, in the rollout and in training; the trained weights move."""
-    from egrpo.train import Trainer
+    from egrpo.train.trainer import Trainer
 
     name, model_dir = family
     cfg = family_config(tmp_path, name, train={"iterations": 1, "prompts_per_iteration": 1, "finetune": finetune,
@@ -103,7 +104,7 @@ def test_every_algorithm_trains_on_every_family(family, algorithm, finetune, tmp
     seen = []
     for net in filter(None, (trainer.model.transformer, trainer.model.reference)):
         net.register_forward_pre_hook(lambda m, args, kw: seen.append(kw["hidden_states"].shape[0]), with_kwargs=True)
-    before = [p.detach().clone() for p in trainer.params]
+    before = [p.detach().clone() for p in trainer.trainable.params]
     row = trainer.iteration(0)
     assert row["nfe_rollout"] == row["nfe_rollout_expected"] > 0
     assert row["nfe_train"] == row["nfe_train_expected"] > 0
@@ -111,7 +112,7 @@ def test_every_algorithm_trains_on_every_family(family, algorithm, finetune, tmp
     if trainer.model.evaluations_per_call == 2:
         assert row["nfe_rollout"] % 2 == 0 and row["nfe_train"] % 2 == 0
     assert row["optimizer_steps"] >= 1 and row["loss"] == row["loss"]
-    assert any(not torch.equal(b, p.detach()) for b, p in zip(before, trainer.params))
+    assert any(not torch.equal(b, p.detach()) for b, p in zip(before, trainer.trainable.params))
 
 
 def test_a_crashed_run_resumes_into_the_unbroken_one(family, tmp_path, monkeypatch):
@@ -120,19 +121,19 @@ def test_a_crashed_run_resumes_into_the_unbroken_one(family, tmp_path, monkeypat
     import pandas as pd
     from safetensors.torch import load_file
 
-    import egrpo.train
-    from egrpo.train import run_train
+    from egrpo.runtime.faults import FaultPlan
+    from egrpo.stages.train import run_train
 
     name, model_dir = family
     cfg = family_config(tmp_path, name, train={"iterations": 2, "prompts_per_iteration": 1, "checkpoint_every": 1,
                                                "learning_rate": 1e-2})
     unbroken = run_train(cfg, "egrpo", "color", 0, str(model_dir), _plan(tmp_path), tmp_path / "u", tmp_path / "ru")
 
-    def crash(done):
-        if done == 1:
+    def crash(plan, done, resumed):   # a fault after iteration 1 of a fresh run
+        if done == 1 and not resumed:
             raise RuntimeError("injected crash after iteration 1")
 
-    monkeypatch.setattr(egrpo.train, "_fault_injection", crash)
+    monkeypatch.setattr(FaultPlan, "after_iteration", crash)
     with pytest.raises(RuntimeError, match="injected crash"):
         run_train(cfg, "egrpo", "color", 0, str(model_dir), _plan(tmp_path), tmp_path / "k", tmp_path / "rk")
     assert (tmp_path / "rk/state/state.json").is_file() and not (tmp_path / "k/metrics.json").exists()

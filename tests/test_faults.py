@@ -28,7 +28,7 @@ def test_killed_jobs_keep_going_then_resume(micro_dag_copy):
     work = micro_dag_copy
     res = work / RES
     shutil.rmtree(res / "eval/base")   # an independent job that must still run while the train jobs die
-    killing = dict(os.environ, EGRPO_KILL_AFTER_ITERATION="2")
+    killing = dict(os.environ, EGRPO_FAULT="kill-after-iteration:2")
     first = snakemake(work, *LONGER, "--keep-going", "--retries", "0", env=killing)
     assert first.returncode != 0
     assert job_counts(first.stdout + first.stderr) == {"train": 2, "evaluate": 3, "report": 1}
@@ -54,7 +54,7 @@ def test_snakemake_retry_resumes_into_same_result_as_unbroken(micro_dag_copy, tm
     retry; tests/test_train.py does the same for E-GRPO with the CLI alone."""
     broken = micro_dag_copy
     unbroken = Path(shutil.copytree(broken, tmp_path / "unbroken", symlinks=True))
-    env = dict(os.environ, EGRPO_KILL_AFTER_ITERATION="1")
+    env = dict(os.environ, EGRPO_FAULT="kill-after-iteration:1")
     target = str(RES / "train/dancegrpo/color/seed0/metrics.json")
     retried = snakemake(broken, target, *LONGER, "--retries", "1", env=env)
     assert retried.returncode == 0, retried.stderr[-3000:]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from egrpo.errors import UserError
-from egrpo.io import Prompt, atomic_dir, load_prompts
+from egrpo.runtime.io import Prompt, atomic_dir, load_prompts
 from egrpo.rewards import REWARDS, RewardSetting, build_reward
 from egrpo.rewards.offline import prompt_colors
 
@@ -91,7 +91,7 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask, file_mode, dir_mo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from egrpo.io import atomic_write_json, save_figure
+    from egrpo.runtime.io import atomic_write_json, save_figure
 
     old = os.umask(umask)
     try:
@@ -109,7 +109,7 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask, file_mode, dir_mo
 
 
 def test_per_style_table(tmp_path):
-    from egrpo.report import per_style_table
+    from egrpo.analysis.runs import per_style_table
 
     def summary(name, values):
         path = tmp_path / f"{name}.json"
@@ -126,7 +126,7 @@ def test_per_style_table(tmp_path):
 
 
 def test_resume_state_and_its_empty_folders_go_after_success(tmp_path):
-    from egrpo.resume import remove_resume_state
+    from egrpo.train.resume import remove_resume_state
 
     exp = tmp_path / "results/exp"
     for seed in (0, 1):

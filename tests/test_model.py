@@ -48,7 +48,7 @@ def test_lora_checkpoint_roundtrip(tiny_model_dir, micro, tmp_path):
 
 
 def test_two_builds_are_identical(tmp_path, micro):
-    from egrpo.models import run_build_model
+    from egrpo.stages.build_model import run_build_model
 
     a, b = run_build_model(micro, tmp_path / "a"), run_build_model(micro, tmp_path / "b")
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
@@ -63,7 +63,7 @@ def test_two_builds_are_identical(tmp_path, micro):
 def test_evaluation_resolution_differs_from_training(tmp_path, tiny_model_dir):
     from conftest import micro_config
     from egrpo.config import validate
-    from egrpo.evaluate import run_evaluate
+    from egrpo.stages.evaluate import run_evaluate
     import json
 
     cfg = validate(micro_config(tmp_path, evaluate={"resolution": 32, "guidance": 2.0}))
@@ -111,7 +111,7 @@ def test_the_transformer_receives_the_official_timestep_at_bf16(tiny_model_dir, 
     model = FlowModel(load_pipeline(cfg, tiny_model_dir), cfg)
     model.round_timesteps = True
     if sharded:
-        from egrpo import sharding
+        from egrpo.train import sharding
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from egrpo.slurm import gres_gpus, message, minutes, parse_sinfo, preflight, request
+from egrpo.runtime.slurm import gres_gpus, message, minutes, parse_sinfo, preflight, request
 
 SINFO = """gpu*|64|512000|gpu:a100:8(S:0-1)|2-00:00:00
 gpu*|96|256000|gpu:4,shard:8|2-00:00:00

@@ -22,7 +22,7 @@ def pretrain_cfg(tmp_path):
 def test_pretrain_is_deterministic_and_writes_models(tmp_path):
     from safetensors.torch import load_file
 
-    from egrpo.pretrain import run_pretrain
+    from egrpo.stages.pretrain import run_pretrain
 
     cfg = pretrain_cfg(tmp_path)
     reports = [run_pretrain(cfg, tmp_path / f"run{n}") for n in range(2)]
@@ -43,7 +43,7 @@ def test_pretrain_is_deterministic_and_writes_models(tmp_path):
 
 def test_tinyclip_reward_scores_the_right_caption_higher_after_training(tmp_path):
     """Trained on renderings, tinyclip must prefer the true caption (a real, if small, training run)."""
-    from egrpo.pretrain import all_scenes, build_tinyclip, train_tinyclip
+    from egrpo.stages.pretrain import all_scenes, build_tinyclip, train_tinyclip
     from egrpo.rewards.clip import CLIPScorer
     from egrpo.models.tokenizers import build_tokenizers
     from egrpo.tinyworld import caption, render

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import micro_config
-from egrpo.io import load_prompts
+from egrpo.runtime.io import load_prompts
 
 STYLES = ("anime", "concept-art", "paintings", "photo")
 
@@ -59,8 +59,8 @@ def test_evaluation_scores_the_benchmark_per_style(tmp_path, tiny_model_dir):
     """prompts.benchmark: every evaluation also scores the styled benchmark, and the report breaks
     every metric down per style from it (the 400 test prompts carry no style)."""
     from egrpo.config import validate
-    from egrpo.evaluate import run_evaluate
-    from egrpo.report import per_style_table
+    from egrpo.stages.evaluate import run_evaluate
+    from egrpo.analysis.runs import per_style_table
 
     benchmark = tmp_path / "benchmark.json"
     benchmark.write_text(json.dumps([{"prompt": "a red circle", "style": "anime"},

@@ -4,8 +4,9 @@ import math
 import pandas as pd
 import pytest
 
-from egrpo.evaluate import evaluation_se
-from egrpo.report import compute_caveats, markdown, summary_table
+from egrpo.stages.evaluate import evaluation_se
+from egrpo.analysis.tables import compute_caveats, summary_table
+from egrpo.analysis.markdown import markdown
 
 
 def test_evaluation_se_takes_prompts_as_the_units():
@@ -46,7 +47,7 @@ def test_unknown_evaluation_se_is_an_empty_cell_not_a_missing_column():
 
 
 def test_the_table_counts_the_requeues_of_runs_stopped_at_a_time_limit():
-    from egrpo.report import requeue_note
+    from egrpo.analysis.tables import requeue_note
 
     per_policy = pd.DataFrame({"policy": ["base", "egrpo-color-seed0", "egrpo-color-seed1"],
                                "time_limit_stops": [None, 2, 0]})
@@ -62,7 +63,7 @@ def test_heldout_curves_are_read_at_the_common_budget(tmp_path):
     all runs (linear interpolation), said in one line; without curves the figure says how to get them."""
     import json
 
-    from egrpo.report import plot_heldout
+    from egrpo.stages.report import heldout_figure
 
     def run(algorithm, seed, fe, values):
         path = tmp_path / f"{algorithm}{seed}.json"
@@ -74,19 +75,19 @@ def test_heldout_curves_are_read_at_the_common_budget(tmp_path):
 
     paths = [run("egrpo", 0, [0, 100, 200], [0.1, 0.5, 0.6]), run("egrpo", 1, [0, 100, 200], [0.1, 0.3, 0.4]),
              run("dancegrpo", 0, [0, 50], [0.1, 0.2])]
-    line = plot_heldout(paths, tmp_path / "h.png")
+    line = heldout_figure(paths, tmp_path / "h.png")
     # budget 50: egrpo seeds 0.3 and 0.2 (mean 0.25), dancegrpo 0.2
     assert line == "held-out alignment at equal compute (50 forward-equivalents): egrpo 0.25, dancegrpo 0.2; highest: egrpo"
     assert (tmp_path / "h.png").stat().st_size > 0
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps({"algorithm": "egrpo", "reward_setting": "color", "seed": 0, "heldout_curve": []}))
-    assert plot_heldout([str(bare)], tmp_path / "none.png") == "" and (tmp_path / "none.png").is_file()
+    assert heldout_figure([str(bare)], tmp_path / "none.png") == "" and (tmp_path / "none.png").is_file()
 
 
 def test_the_image_grid_reads_each_images_score(tmp_path):
     from PIL import Image
 
-    from egrpo.report import _image_scores, policy_image_grid
+    from egrpo.analysis.plots import _image_scores, policy_image_grid
 
     for name, values in (("base", [0.1, 0.2]), ("egrpo-color-seed0", [0.7, 0.9])):
         d = tmp_path / name

@@ -281,14 +281,17 @@ def test_optimizer_steps_per_iteration_for_each_mode(mode, expected_steps):
     assert algo.expected_train_nfe(groups) == sum(len(unit) for unit in units)
 
 
-def test_plan_users_agree_with_the_snakefile_registry():
-    """The Snakefile reads ALGORITHMS_USING_PLAN without importing torch; it must match the classes."""
+def test_the_algorithm_facts_match_the_classes_and_the_schema():
+    """The Snakefile, the config and the CLI read egrpo/algorithms/facts.py without importing torch;
+    every entry names a class of that name, and the schema's enum lists exactly these algorithms."""
     import importlib
 
-    from egrpo.algorithms import ALGORITHMS
-    from egrpo.config import ALGORITHMS_USING_PLAN, _load_schema
+    from egrpo.algorithms.facts import ALGORITHMS
+    from egrpo.config import _load_schema
 
     assert set(ALGORITHMS) == set(_load_schema()["properties"]["algorithms"]["items"]["enum"])
-    for name, target in ALGORITHMS.items():
-        module, cls = target.split(":")
-        assert getattr(importlib.import_module(module), cls).uses_plan == (name in ALGORITHMS_USING_PLAN), name
+    for name, facts in ALGORITHMS.items():
+        module, cls = facts.target.split(":")
+        assert getattr(importlib.import_module(module), cls).name == name
+    cfg_plan = {name for name, facts in ALGORITHMS.items() if facts.uses_plan}
+    assert cfg_plan == {"egrpo"}

@@ -24,7 +24,7 @@ TINY = {"num_layers": 2, "num_single_layers": 1}  # both kinds of FLUX block (mi
 
 
 def sharded_model(tmp_path) -> Path:
-    from egrpo.models import run_build_model
+    from egrpo.stages.build_model import run_build_model
 
     cfg = micro_config(tmp_path)
     cfg["model"]["tiny"].update(TINY)
@@ -44,9 +44,9 @@ def launch(tmp_path, model_dir, sharding: str, name: str, kill_after: int | None
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"plan": [{"start": 0, "length": 1}, {"start": 1, "length": 2}]}))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent.parent))
-    env.pop("EGRPO_KILL_AFTER_ITERATION", None)
+    env.pop("EGRPO_FAULT", None)
     if kill_after is not None:
-        env["EGRPO_KILL_AFTER_ITERATION"] = str(kill_after)
+        env["EGRPO_FAULT"] = f"kill-after-iteration:{kill_after}"
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(WORKER), "train", "--config", str(tmp_path / f"{name}.yaml"), "--model", str(model_dir),
                            "--plan", str(plan), "--algorithm", "egrpo", "--reward-setting", "color", "--seed", "0",
@@ -118,7 +118,7 @@ def test_prompts_must_split_evenly_over_processes(tmp_path, tiny_model_dir):
 
 def test_resume_state_written_sharded_is_not_read_unsharded(tmp_path, tiny_model_dir):
     from egrpo.errors import UserError
-    from egrpo.train import run_train
+    from egrpo.stages.train import run_train
 
     state = tmp_path / "resume/state"
     (state / "sharded").mkdir(parents=True)

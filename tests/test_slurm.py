@@ -49,7 +49,7 @@ def run_on_slurm(work, *extra, env=None, set_resources=GPU_STAGES):
 
 
 def test_preflight_stops_a_job_no_node_can_run_before_submitting(cluster, tmp_path):
-    from egrpo.slurm import read_nodes
+    from egrpo.runtime.slurm import read_nodes
 
     work = copy_workflow(tmp_path)
     node = max(read_nodes(), key=lambda n: n.mem_mb)
@@ -73,7 +73,7 @@ def test_tiny_dag_through_the_slurm_profile(cluster, tmp_path, monkeypatch):
     import yaml
     from safetensors.torch import load_file
 
-    from egrpo.train import run_train
+    from egrpo.stages.train import run_train
 
     work = copy_workflow(tmp_path)
     # The train job's iterations take ~13 s and its jobs have 1 minute, of which the last 40 s are the
@@ -81,7 +81,7 @@ def test_tiny_dag_through_the_slurm_profile(cluster, tmp_path, monkeypatch):
     # with its state saved outside its outputs, the profile's retries submit it again and the next job
     # continues: 3 iterations take 3 jobs, 2 stops (one algorithm: the local executor's tests and
     # test_families cover the others; a SIGKILLed job resumes the same way: tests/test_faults.py)
-    env = dict(real_slurm_env(), EGRPO_SLOW_ITERATION_S="12")
+    env = dict(real_slurm_env(), EGRPO_FAULT="slow-iteration:12")
     train = {"iterations": 3, "checkpoint_every": 1, "time_limit_margin_s": 40}
     result = run_on_slurm(work, "--config", f"train={json.dumps(train)}", "algorithms=[egrpo]", "--retries", "10",
                           env=env, set_resources=GPU_STAGES + ["train:runtime=1"])

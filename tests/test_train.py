@@ -10,7 +10,7 @@ import yaml
 
 from conftest import micro_config
 from egrpo.config import validate
-from egrpo.train import run_train
+from egrpo.stages.train import run_train
 
 VOLATILE = {"wall_s", "mlflow_run_id", "resumed_from_iteration"}
 
@@ -69,7 +69,7 @@ def test_sigkill_then_resume_matches_unbroken_run(tmp_path, tiny_model_dir):
     def train(out, resume, kill_after=None):
         env = dict(os.environ)
         if kill_after:
-            env["EGRPO_KILL_AFTER_ITERATION"] = str(kill_after)
+            env["EGRPO_FAULT"] = f"kill-after-iteration:{kill_after}"
         return subprocess.run([sys.executable, "-m", "egrpo", "train", "--config", str(config_path), "--model",
                                str(tiny_model_dir), "--plan", plan, "--algorithm", "egrpo", "--reward-setting",
                                "color", "--seed", "3", "--out", str(out), "--resume-dir", str(resume)],
@@ -211,33 +211,33 @@ def test_fp32_master_weights_with_bf16_compute(tmp_path, tiny_model_dir, finetun
     spacing of ~1e-4); the forward computes in bf16 (autocast)."""
     import torch
 
-    from egrpo.train import Trainer
+    from egrpo.train.trainer import Trainer
 
     cfg = train_cfg(tmp_path, iterations=1, finetune=finetune, learning_rate=1e-5)
     cfg["model"]["dtype"] = "bfloat16"
     cfg["algorithm_params"]["egrpo"]["optimizer_step"] = "per_iteration"
     trainer = Trainer(cfg, "egrpo", "color", 0, str(tiny_model_dir), plan_file(tmp_path), tmp_path / "o", tmp_path / "r")
-    assert trainer.params and all(p.dtype == torch.float32 for p in trainer.params)
+    assert trainer.trainable.params and all(p.dtype == torch.float32 for p in trainer.trainable.params)
     if finetune == "lora":
         assert all(p.dtype == torch.bfloat16 for n, p in trainer.model.transformer.named_parameters() if "lora" not in n)
-    before = [p.detach().clone() for p in trainer.params]
+    before = [p.detach().clone() for p in trainer.trainable.params]
     grads = []
-    step = trainer.optimizer_step
+    step = trainer.trainable.step
 
-    def recording_step():
-        grads.extend(torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in trainer.params)
-        return step()
+    def recording_step(state):
+        grads.extend(torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in trainer.trainable.params)
+        return step(state)
 
-    trainer.optimizer_step = recording_step
+    trainer.trainable.step = recording_step
     trainer.iteration(0)
-    moved = [(p.detach() != b)[g != 0] for p, b, g in zip(trainer.params, before, grads)]
+    moved = [(p.detach() != b)[g != 0] for p, b, g in zip(trainer.trainable.params, before, grads)]
     assert sum(m.numel() for m in moved) > 0
     assert all(bool(m.all()) for m in moved), "every weight with a gradient moved"
     if finetune == "lora":  # LoRA's B starts at 0, where bf16 resolves any step; the masters are what matters
         return
     # the same update applied to bf16 weights is mostly lost to rounding
     lost = total = 0
-    for p, b, g in zip(trainer.params, before, grads):
+    for p, b, g in zip(trainer.trainable.params, before, grads):
         nonzero = g != 0
         b16, d16 = b[nonzero].bfloat16(), (p.detach() - b)[nonzero].bfloat16()
         lost += int(((b16 + d16) == b16).sum())
@@ -264,7 +264,7 @@ def test_score_groups_drops_a_sample_with_any_nonfinite_component():
         def components(self, images, prompts):
             return {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([0.0, float("nan"), 1.0, 1.0])}
 
-    from egrpo.io import Prompt
+    from egrpo.runtime.io import Prompt
     group = Group(0, {"g1": torch.zeros(4, 1)}, [])
     rule = AdvantageRule(unbiased=False, combination="normalize_then_sum")
     scored = score_groups([group], Decoder(), Setting(), [Prompt("p")], adv_clip=5.0, rule=rule)
@@ -282,7 +282,7 @@ def test_reward_combination_two_rewards():
     import torch
 
     from egrpo.algorithms.base import AdvantageRule
-    from egrpo.io import Prompt
+    from egrpo.runtime.io import Prompt
     from egrpo.rollout import Group
     from egrpo.scoring import score_groups
 
@@ -359,7 +359,7 @@ def test_cudnn_attention_is_switched_by_the_config(tmp_path, tiny_model_dir):
     """cuDNN SDPA is off unless train.cudnn_attention (its backward failed at FLUX size on an H100)."""
     import torch
 
-    from egrpo.train import Trainer
+    from egrpo.train.trainer import Trainer
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:
@@ -378,7 +378,7 @@ def test_ema_follows_flow_grpos_update_rule():
     (10 + t), decay) with warm-up: flow_grpo's EMAModuleWrapper at decay 0.9, every 8 steps."""
     import torch
 
-    from egrpo.ema import EMA
+    from egrpo.train.ema import EMA
 
     p = torch.nn.Parameter(torch.zeros(3))
     ema = EMA([p], decay=0.9, every=8, warmup=True)
@@ -406,20 +406,20 @@ def test_the_saved_policy_is_the_ema_of_every_optimizer_step(tmp_path, tiny_mode
     import torch
     from safetensors.torch import load_file
 
-    from egrpo.train import Trainer
+    from egrpo.train.trainer import Trainer
 
     cfg = train_cfg(tmp_path, iterations=2, ema={"decay": 0.5, "every": 1, "use_for": ["policy"]})
     trainer = Trainer(cfg, "dancegrpo", "color", 0, str(tiny_model_dir), None, tmp_path / "o", tmp_path / "r")
-    expected = [p.detach().clone() for p in trainer.params]
-    step = trainer.optimizer_step
+    expected = [p.detach().clone() for p in trainer.trainable.params]
+    step = trainer.trainable.step
 
-    def recording_step():
-        norm = step()
-        for e, p in zip(expected, trainer.params):
+    def recording_step(state):
+        norm = step(state)
+        for e, p in zip(expected, trainer.trainable.params):
             e.mul_(0.5).add_(0.5 * p.detach())
         return norm
 
-    trainer.optimizer_step = recording_step
+    trainer.trainable.step = recording_step
     metrics = trainer.run()
     assert metrics["ema"]["decay"] == 0.5 and metrics["iterations"] == 2
     saved = load_file(str(tmp_path / "o/checkpoint/lora.safetensors"))
@@ -429,7 +429,7 @@ def test_the_saved_policy_is_the_ema_of_every_optimizer_step(tmp_path, tiny_mode
     assert len(keys) == len(names) == len(expected)
     for key, e in zip(keys, expected):
         torch.testing.assert_close(saved[key], e, atol=1e-7, rtol=0)
-    assert any(not torch.equal(saved[k], p.detach()) for k, p in zip(keys, trainer.params)), \
+    assert any(not torch.equal(saved[k], p.detach()) for k, p in zip(keys, trainer.trainable.params)), \
         "the policy is the EMA, not the last weights"
 
 
@@ -439,17 +439,17 @@ def test_flowgrpo_resumes_its_ema(tmp_path, tiny_model_dir, monkeypatch):
     import torch
     from safetensors.torch import load_file
 
-    import egrpo.train
+    from egrpo.runtime.faults import FaultPlan
 
     cfg = train_cfg(tmp_path, iterations=3)
     unbroken = run_train(cfg, "flowgrpo", "color", 0, str(tiny_model_dir), None, tmp_path / "u", tmp_path / "ru")
     assert unbroken["ema"] == {"decay": 0.9, "every": 8, "warmup": True, "use_for": ["heldout", "policy"]}
 
-    def crash(done):
-        if done == 2:
+    def crash(plan, done, resumed):   # a fault after iteration 2 of a fresh run
+        if done == 2 and not resumed:
             raise RuntimeError("injected crash")
 
-    monkeypatch.setattr(egrpo.train, "_fault_injection", crash)
+    monkeypatch.setattr(FaultPlan, "after_iteration", crash)
     with pytest.raises(RuntimeError):
         run_train(cfg, "flowgrpo", "color", 0, str(tiny_model_dir), None, tmp_path / "k", tmp_path / "rk")
     assert any(n.startswith("extra") for n in __import__("os").listdir(tmp_path / "rk/state"))
@@ -466,7 +466,7 @@ def test_epoch_sampling_draws_each_prompt_once_per_epoch_never_twice_in_a_step()
     import torch
 
     from egrpo.errors import UserError
-    from egrpo.train import PromptSampler
+    from egrpo.train.sampler import PromptSampler
 
     sampler = PromptSampler(10, 3, seed=5, mode="epoch")
     gen = torch.Generator()

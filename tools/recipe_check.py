@@ -24,9 +24,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from egrpo.config import load
-    from egrpo.threshold import run_threshold
+    from egrpo.stages.threshold import run_threshold
     from egrpo.scoring import score_groups
-    from egrpo.train import Trainer
+    from egrpo.train.trainer import Trainer
 
     cfg = load(args.config)
     tmp = Path(tempfile.mkdtemp(prefix="egrpo-recipe-"))

@@ -36,7 +36,7 @@ def main() -> None:
     import pandas as pd
 
     from egrpo.config import load
-    from egrpo.threshold import run_threshold
+    from egrpo.stages.threshold import run_threshold
 
     base = load(args.config)
     base["experiment"] = f"{base['experiment']}_tuning"  # its own MLflow experiment: never mixed with the claims

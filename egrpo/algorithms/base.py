@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from egrpo import sde
+from egrpo.algorithms.facts import ALGORITHMS
 from egrpo.rollout import Group
 
 
@@ -32,7 +33,6 @@ class AdvantageRule:
 
 class Algorithm:
     name = "base"
-    uses_plan = False
     ema_recipe: dict | None = None   # the EMA of the weights its official trainer keeps (train.ema: recipe)
 
     def __init__(self, cfg: dict, plan: list[tuple[int, int]] | None = None, sigmas: torch.Tensor | None = None):
@@ -56,6 +56,11 @@ class Algorithm:
         self.optimizer_step = p["optimizer_step"]
         self.samples_per_step = p["samples_per_step"]
         self.steps_per_iteration = p["steps_per_iteration"]
+
+    @property
+    def uses_plan(self) -> bool:
+        """Whether its train job reads the merge plan (egrpo/algorithms/facts.py)."""
+        return ALGORITHMS[self.name].uses_plan
 
     def recipe(self) -> dict:
         """The resolved settings of this run (logged to MLflow and metrics.json)."""

@@ -29,7 +29,6 @@ from egrpo.rollout import Group, Transition, ode_grid, ode_lanes, ode_run, ode_s
 
 class EGRPO(Algorithm):
     name = "egrpo"
-    uses_plan = True
 
     def __init__(self, cfg, plan=None, sigmas=None):
         super().__init__(cfg, plan, sigmas)

@@ -7,7 +7,7 @@ in order, two optimizer steps per iteration (gradient_accumulation_steps = num_b
 advantages with the population std of the whole batch (global_std) plus 1e-4, no timestep rounding,
 beta * KL with flow_grpo's form |mean - mean_ref|^2 / (2 std_t^2) at the human-preference recipe's
 beta 0.01 (config/grpo.py pickscore_sd3; its OCR and GenEval recipes use 0.04), and an EMA of the
-weights for evaluation and checkpoints (decay 0.9 every 8 steps, egrpo/ema.py). The reference is
+weights for evaluation and checkpoints (decay 0.9 every 8 steps, egrpo/train/ema.py). The reference is
 the base model (LoRA adapter switched off, or a frozen copy under full fine-tuning): one extra
 forward without backward per trained transition and member.
 """

@@ -123,20 +123,3 @@ def load_pipeline(cfg: dict, model_dir: str | os.PathLike | None = None):
 def build_tiny_pipeline(cfg: dict, texts: list[str]):
     """A pipeline of tiny, randomly initialised instances of model.family's real classes."""
     return family_class(cfg["model"].get("family") or "flux").build_tiny(cfg, texts)
-
-
-def run_build_model(cfg: dict, out_dir) -> Path:
-    """Stage `build-model`: save the tiny model of model.family (tokenizers built from the prompt files)."""
-    from egrpo.io import atomic_dir, load_prompts
-
-    if cfg["model"]["source"] != "tiny":
-        raise UserError("model.source: build-model only builds the tiny model; a pretrained model is used in place "
-                        f"from model.path ({cfg['model']['path']})")
-    texts = [p.text for key in ("train", "eval") for p in load_prompts(cfg["prompts"][key], f"prompts.{key}")]
-    pipe = build_tiny_pipeline(cfg, texts)
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-    n_params = sum(p.numel() for p in pipe.transformer.parameters())
-    log.info("tiny %s saved to %s (transformer: %d parameters)", type(pipe).__name__, out_dir, n_params)
-    return out_dir

@@ -161,7 +161,7 @@ class FlowModel:
 
     def __init__(self, pipe, cfg: dict, device: torch.device | str | None = None, resolution: int | None = None,
                  guidance: float | None = None):
-        from egrpo.device import select_device
+        from egrpo.runtime.device import select_device
         from egrpo.models import family_of
 
         mcfg = cfg["model"]
@@ -292,7 +292,7 @@ class FlowModel:
     def decode(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Latents [B, ...] -> images [B, 3, H, W] in [0, 1] (float32, CPU), model.decode_batch_size
         images per VAE call."""
-        from egrpo.device import memory_phase
+        from egrpo.runtime.device import memory_phase
 
         images = []
         with memory_phase("decode", self.device):

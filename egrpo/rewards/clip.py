@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from egrpo.device import select_device
+from egrpo.runtime.device import select_device
 from egrpo.errors import UserError
 
 

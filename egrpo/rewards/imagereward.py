@@ -172,7 +172,7 @@ class ImageRewardScorer:
 
 
 def imagereward(cfg: dict):
-    from egrpo.device import select_device
+    from egrpo.runtime.device import select_device
     from egrpo.rewards import reward_precision
     from egrpo.rewards.clip import _settings
 

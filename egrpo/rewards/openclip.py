@@ -207,7 +207,7 @@ class OpenCLIPScorer:
 
 def hps(cfg: dict):
     """HPS v2.1: the HPS checkpoint (HPS_v2.1_compressed.pt, OpenCLIP ViT-H-14) as a cosine score."""
-    from egrpo.device import select_device
+    from egrpo.runtime.device import select_device
     from egrpo.rewards import reward_precision
     from egrpo.rewards.clip import _settings
 
@@ -226,7 +226,7 @@ def clip_dfn(cfg: dict):
     open_clip_model.safetensors or open_clip_pytorch_model.bin beside it."""
     import json
 
-    from egrpo.device import select_device
+    from egrpo.runtime.device import select_device
     from egrpo.rewards import reward_precision
     from egrpo.rewards.clip import _settings
 

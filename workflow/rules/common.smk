@@ -5,7 +5,8 @@ import os
 import re
 import sys
 
-from egrpo.config import ALGORITHMS_USING_PLAN, check_overrides, coerce_strings, config_hash, input_problems
+from egrpo.algorithms.facts import uses_plan
+from egrpo.config import check_overrides, coerce_strings, config_hash, input_problems
 from egrpo.config import reward_names, write_resolved
 from egrpo.config import validate as egrpo_validate
 from egrpo.errors import ConfigError
@@ -106,7 +107,7 @@ def train_resources():
 
 
 def train_launcher(resources):
-    """Several nodes: srun starts one `egrpo train --nodes N` per node (egrpo/launch.py); a task
+    """Several nodes: srun starts one `egrpo train --nodes N` per node (egrpo/runtime/launch.py); a task
     that fails ends the others (--kill-on-bad-exit)."""
     nodes = int(resources.get("nodes", 1) or 1)
     if nodes == 1:
@@ -118,7 +119,7 @@ def train_launcher(resources):
 def train_inputs(wildcards):
     """Only algorithms that use the merge plan depend on it: rerunning threshold keeps baselines."""
     inputs = {"model": model_input(), "prompts": prompt_file("train")}
-    if wildcards.algorithm in ALGORITHMS_USING_PLAN:
+    if uses_plan(wildcards.algorithm):
         inputs["plan"] = f"{RESULTS}/plan/plan.json"
     return inputs
 

@@ -23,7 +23,7 @@ The rendezvous comes from SLURM's environment alone, the same on every node:
 The N × G processes form one data-parallel job: `train.prompts_per_iteration` is still the
 recipe's count over all of them. A process that fails ends its node's launcher (torchrun stops the
 node's other workers) and `srun --kill-on-bad-exit` the other nodes; a process that waits on a
-peer that hangs gives up after `train.peer_timeout_s` with one line (`egrpo/train.py`).
+peer that hangs gives up after `train.peer_timeout_s` with one line (`egrpo/train/trainer.py`).
 """
 from __future__ import annotations
 

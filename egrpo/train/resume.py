@@ -2,14 +2,14 @@
 
 It lives in `<resume_dir>/state`, outside the job's declared outputs, because Snakemake deletes the
 outputs of a failed job; it is written atomically (a crash mid-save leaves the previous state) and
-cleared after success. Randomness is a pure function of (seed, iteration) (`egrpo.train`), so the
+cleared after success. Randomness is a pure function of (seed, iteration) (`egrpo.train.trainer`), so the
 state holds no generator: the trainable weights, the optimizer, the extra tensors of the run (the
 EMA of the weights) and `state.json` (iteration, counters, log rows, held-out points, prompt
 sampler position, MLflow run id).
 
 Unsharded: `weights.safetensors`, `optimizer.pt` (read with weights_only=True), `extra.safetensors`,
 `state.json`. Sharded (`train.sharding: fsdp`): every process writes its shards of weights,
-optimizer and extra tensors into a `torch.distributed.checkpoint` folder `sharded/` (egrpo.sharding);
+optimizer and extra tensors into a `torch.distributed.checkpoint` folder `sharded/` (egrpo.train.sharding);
 process 0 adds `state.json`. A folder written one way is refused by a run of the other way.
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from egrpo.errors import UserError
-from egrpo.io import atomic_dir
+from egrpo.runtime.io import atomic_dir
 
-log = logging.getLogger("egrpo.resume")
+log = logging.getLogger("egrpo.train.resume")
 
 
 class ResumeState:
@@ -46,7 +46,7 @@ class ResumeState:
         from egrpo.models import trainable_state_dict
 
         if self.sharded:
-            from egrpo import sharding
+            from egrpo.train import sharding
             sharding.save_sharded(transformer, optimizer, self.state_dir,
                                   lambda tmp: (tmp / "state.json").write_text(json.dumps(state)), extra=extra)
             return
@@ -70,7 +70,7 @@ class ResumeState:
             raise UserError(f"--resume-dir: the resume state in {self.state_dir} was written {how(written_sharded)} and "
                             f"this run is {how(self.sharded)}; run it as it was, or delete the folder to start over")
         if self.sharded:
-            from egrpo import sharding
+            from egrpo.train import sharding
             sharding.load_sharded(transformer, optimizer, self.state_dir, extra=extra)
         else:
             weights = load_file(str(self.state_dir / "weights.safetensors"))

@@ -20,6 +20,7 @@ import contextlib
 import torch
 
 from egrpo.errors import OutOfMemory, UserError
+from egrpo.runtime import faults
 
 
 def select_device(cfg: dict) -> torch.device:
@@ -67,8 +68,6 @@ MEMORY_KNOBS = {
     "loading": "model.offload_text_encoders: true, model.dtype: bfloat16",
     "pretraining": "pretrain.batch_size",
 }
-# tests: EGRPO_INJECT_OOM=<stage>:<phase> raises a CUDA out-of-memory error as that phase starts
-INJECT_OOM = "EGRPO_INJECT_OOM"
 _stage = ["egrpo"]
 
 
@@ -80,12 +79,9 @@ def set_stage(name: str) -> None:
 @contextlib.contextmanager
 def memory_phase(phase: str, device: torch.device | None = None):
     """Run one phase; a CUDA out-of-memory error in it becomes one OutOfMemory line."""
-    import os
-
     stage = _stage[0]
     try:
-        if os.environ.get(INJECT_OOM) == f"{stage}:{phase}":
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by EGRPO_INJECT_OOM)")
+        faults.plan().at_phase(stage, phase)
         yield
     except torch.OutOfMemoryError as error:
         where = "the GPU"

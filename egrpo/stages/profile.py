@@ -22,13 +22,28 @@ from tqdm import tqdm
 
 from egrpo import sde
 from egrpo.config import profile_reward_setting
-from egrpo.io import atomic_write_text, load_prompts, save_figure
+from egrpo.runtime.io import atomic_write_text, load_prompts, save_figure
 from egrpo.models import FlowModel, load_pipeline
 from egrpo.rewards import RewardSetting
 from egrpo.rollout import ode_lanes, ode_run, sde_sample
-from egrpo.tracking import stage_run
+from egrpo.runtime.tracking import stage_run
 
-log = logging.getLogger("egrpo.profile")
+
+NAME = "profile"
+HELP = "Entropy profile per denoising step: analytic and measured (csv + png)."
+PHASE = "sampling"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", help="pipeline directory (default: model.path)")
+    p.add_argument("--out-csv", required=True)
+    p.add_argument("--out-png", required=True)
+
+
+def run(args, cfg) -> None:
+    run_profile(cfg, args.model, args.out_csv, args.out_png)
+
+log = logging.getLogger("egrpo.stages.profile")
 
 
 def measure(model: FlowModel, cfg: dict, setting: RewardSetting, prompts) -> pd.DataFrame:

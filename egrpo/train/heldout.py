@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from egrpo.io import load_prompts
+from egrpo.runtime.io import load_prompts
+from egrpo.sampling import sample_images
 
 
 class HeldoutCurve:
@@ -44,8 +45,6 @@ class HeldoutCurve:
     @torch.no_grad()
     def measure(self, model) -> dict:
         """{heldout_<metric>: mean reward} of the model's current policy ({} on non-main processes)."""
-        from egrpo.evaluate import sample_images
-
         if self._prompts is None:
             from egrpo.rewards import build_reward
             self._rewards = {r: build_reward(r, self.cfg) for r in self.h["metrics"]} if self.main else {}

@@ -21,7 +21,8 @@ def tracking_uri(cfg: dict) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg["mlflow"]["tracking_uri"]
 
 
-def _mlflow(cfg: dict):
+def mlflow_for(cfg: dict):
+    """The mlflow module, pointed at the config's tracking URI (its SQLite folder made)."""
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     import mlflow
 
@@ -57,7 +58,7 @@ def _experiment(mlflow, cfg: dict):
 
 def init_store(cfg: dict) -> str:
     """Create the store and the experiment if needed; return the experiment id."""
-    return _experiment(_mlflow(cfg), cfg).experiment_id
+    return _experiment(mlflow_for(cfg), cfg).experiment_id
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -86,7 +87,7 @@ def scheduler_tags() -> dict[str, str]:
 @contextmanager
 def stage_run(cfg: dict, stage: str, tags: dict | None = None, run_id: str | None = None, run_name: str | None = None):
     """Start (or, with run_id, resume) the MLflow run of one job; yields the mlflow module and run."""
-    mlflow = _mlflow(cfg)
+    mlflow = mlflow_for(cfg)
     _experiment(mlflow, cfg)
     all_tags = {"stage": stage, **{k: str(v) for k, v in (tags or {}).items()}, **scheduler_tags()}
     with mlflow.start_run(run_id=run_id, run_name=run_name or stage) as run:

@@ -38,11 +38,27 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from egrpo.device import select_device
-from egrpo.io import atomic_dir, atomic_write_json
+from egrpo.runtime.device import select_device
+from egrpo.runtime.io import atomic_dir, atomic_write_json
 from egrpo.tinyworld import PALETTE, POSITIONS, SHAPES, SIZES, TEMPLATES, Scene, alignment, parse, render
 
-log = logging.getLogger("egrpo.pretrain")
+
+NAME = "pretrain"
+HELP = "Train the tiny world's base model (VAE + flow transformer) and its tinyclip reward."
+PHASE = "pretraining"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out", required=True, help="output directory: writes tinyworld/, tinyclip/ and pretrain.json")
+
+
+def run(args, cfg) -> None:
+    r = run_pretrain(cfg, args.out)
+    b = {k: "n/a" if v is None else f"{v:.3f}" for k, v in r["base_model"].items()}
+    print(f"base model alignment {b['alignment']} (chance {b['chance']}, ceiling {b['ceiling']}); "
+          f"tinyclip top-1 {r['tinyclip']['top1']:.2f} (chance {r['tinyclip']['chance']:.3f}); {args.out}")
+
+log = logging.getLogger("egrpo.stages.pretrain")
 
 
 def all_scenes() -> list[Scene]:
@@ -241,8 +257,8 @@ def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: i
              the prompt, but draws tiny-world-like images, scores this)
     ceiling: the rendering of each caption's own scene
     """
-    from egrpo.evaluate import sample_images
-    from egrpo.io import Prompt
+    from egrpo.sampling import sample_images
+    from egrpo.runtime.io import Prompt
 
     prompts = [p for p in prompts if parse(p) is not None]  # only tiny-world captions can be scored
     if not prompts:
@@ -266,9 +282,9 @@ def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: i
 
 def run_pretrain(cfg: dict, out_dir) -> dict:
     """Train the tiny world's VAE + flow transformer (-> out/tinyworld) and tinyclip (-> out/tinyclip)."""
-    from egrpo.io import load_prompts
+    from egrpo.runtime.io import load_prompts
     from egrpo.models import FlowModel, build_tiny_pipeline, load_pipeline
-    from egrpo.tracking import stage_run
+    from egrpo.runtime.tracking import stage_run
 
     pcfg, res = cfg["pretrain"], cfg["sampling"]["resolution"]
     out_dir = Path(out_dir)

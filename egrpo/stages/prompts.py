@@ -29,9 +29,26 @@ import logging
 from pathlib import Path
 
 from egrpo.errors import UserError
-from egrpo.io import atomic_write_json, atomic_write_text
+from egrpo.runtime.io import atomic_write_json, atomic_write_text
 
-log = logging.getLogger("egrpo.prompts")
+
+NAME = "prompts"
+HELP = ("Write the paper's prompt files from a downloaded HPDv2 (train.txt, test.txt: the 400 test prompts, "
+        "benchmark.json: hpsv2's 4 styles x 800 with their style); docs/paper-data.md says where to get it.")
+CONFIG = None   # needs no config
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--hpdv2", required=True, help="the HPDv2 download: train.json, test.json, benchmark/<style>.json")
+    p.add_argument("--out", required=True, help="output directory (e.g. data/hpd)")
+
+
+def run(args, cfg) -> None:
+    counts = convert_hpdv2(args.hpdv2, args.out)
+    styles = ", ".join(f"{s} {n}" for s, n in counts["benchmark"].items())
+    print(f"{args.out}: train.txt {counts['train']} prompts, test.txt {counts['test']}, benchmark.json {styles}")
+
+log = logging.getLogger("egrpo.stages.prompts")
 
 STYLES = ("anime", "concept-art", "paintings", "photo")
 PUBLISHED = {"test": 400, "benchmark_per_style": 800}

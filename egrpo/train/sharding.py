@@ -93,7 +93,7 @@ def save_sharded(module: torch.nn.Module, optimizer: torch.optim.Optimizer, dire
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from egrpo.io import as_created, replace_dir
+    from egrpo.runtime.io import as_created, replace_dir
 
     main = dist.get_rank() == 0
     tmp = None

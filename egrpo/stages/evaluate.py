@@ -10,34 +10,32 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from egrpo.config import reward_names
-from egrpo.io import atomic_write_json, atomic_write_text, load_prompts
+from egrpo.runtime.io import atomic_write_json, atomic_write_text, load_prompts
 from egrpo.models import FlowModel, family_of, load_pipeline, load_policy
 from egrpo.rewards import build_reward
-from egrpo.rollout import ode_run
-from egrpo.tracking import stage_run
-
-log = logging.getLogger("egrpo.evaluate")
+from egrpo.sampling import sample_images
+from egrpo.runtime.tracking import stage_run
 
 
-def image_seed(base: int, prompt_index: int, image_index: int) -> int:
-    return base * 1_000_003 + prompt_index * 1009 + image_index
+NAME = "evaluate"
+HELP = "Sample a policy on the held-out prompts and score every reward."
+PHASE = "sampling"
+INPUTS = ("checkpoint",)
 
 
-def sample_images(model: FlowModel, prompts, num_steps: int, per_prompt: int, seed: int, progress: bool = True):
-    """Yield (prompt index, image index, seed, image [3, H, W]) for every prompt and image."""
-    sigmas = model.sigmas(num_steps)
-    grid = list(range(num_steps + 1))
-    for p, prompt in enumerate(tqdm(prompts, desc="evaluate", unit="prompt", disable=not progress)):
-        cond = model.encode([prompt.text])
-        seeds = [image_seed(seed, p, m) for m in range(per_prompt)]
-        x0 = torch.cat([model.initial_noise(1, torch.Generator().manual_seed(s)) for s in seeds])
-        with torch.no_grad():
-            images = model.decode(ode_run(model.velocity, x0, cond.expand(per_prompt), sigmas, grid))
-        for m, s in enumerate(seeds):
-            yield p, m, s, images[m]
+def add_arguments(p) -> None:
+    p.add_argument("--model", help="pipeline directory (default: model.path)")
+    p.add_argument("--checkpoint", help="checkpoint/ of a trained policy (omit for the base model)")
+    p.add_argument("--name", required=True, help="'base' or <algorithm>-<reward_setting>-seed<k>")
+    p.add_argument("--out", required=True, help="output directory (scores.csv, summary.json, grid.png)")
+
+
+def run(args, cfg) -> None:
+    run_evaluate(cfg, args.name, args.model, args.checkpoint, args.out)
+
+log = logging.getLogger("egrpo.stages.evaluate")
 
 
 def to_uint8(image: torch.Tensor):

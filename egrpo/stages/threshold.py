@@ -12,6 +12,7 @@ steps i … i+k-1 into one transition; a trailing run that cannot reach tau stay
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,24 @@ import pandas as pd
 
 from egrpo import sde
 from egrpo.errors import UserError
-from egrpo.io import atomic_write_json
-from egrpo.tracking import stage_run
+from egrpo.runtime.io import atomic_write_json
+from egrpo.runtime.tracking import stage_run
+
+
+NAME = "threshold"
+HELP = "Choose tau and the merge plan (plan.json)."
+INPUTS = ("profile",)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--profile", help="entropy.csv of `egrpo profile` (needed by rule target_reward_std)")
+    p.add_argument("--out", required=True, help="plan.json to write")
+
+
+def run(args, cfg) -> None:
+    plan = run_threshold(cfg, args.profile, args.out)
+    logging.getLogger("egrpo").info("tau = %s, %d plan entries, skipped steps %s", plan["tau"], len(plan["plan"]),
+                                    plan["skipped"])
 
 
 def choose_tau(cfg: dict, entropies: list[float], profile: pd.DataFrame | None) -> float | None:

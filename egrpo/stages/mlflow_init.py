@@ -1,0 +1,17 @@
+"""Stage `mlflow-init`: create the MLflow store and the config's experiment once, before parallel
+jobs start (the Snakefile's onstart runs it)."""
+from __future__ import annotations
+
+from egrpo.runtime.tracking import init_store, tracking_uri
+
+NAME = "mlflow-init"
+HELP = "Create the MLflow store and experiment once, before parallel jobs start."
+QUIET = False   # no model libraries are imported: nothing to quiet
+
+
+def add_arguments(p) -> None:
+    pass
+
+
+def run(args, cfg) -> None:
+    print(f"mlflow: experiment {cfg['experiment']} ({init_store(cfg)}) in {tracking_uri(cfg)}")

@@ -1,0 +1,73 @@
+"""Stage `report`: the paper-style table (mean ± std over seeds) and the plots that explain it
+(a composition of egrpo/analysis/)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from egrpo.analysis import curves, plots
+from egrpo.analysis.markdown import heldout_line, markdown
+from egrpo.analysis.runs import collect, heldout_table, per_style_table
+from egrpo.analysis.tables import requeue_note, summary_table
+from egrpo.config import reward_names
+from egrpo.runtime.io import atomic_write_text
+from egrpo.runtime.tracking import stage_run
+
+NAME = "report"
+HELP = "Tables and plots from the profile, plan, training and evaluation outputs."
+INPUTS = ("profile", "plan", "train_metrics", "eval_summaries")
+FILES = ("table.csv", "table.md", "entropy_plan.png", "reward_std_per_step.png", "train_reward_vs_nfe.png",
+         "train_reward_vs_wall.png", "heldout_vs_compute.png", "image_grid.png")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--profile", required=True)
+    p.add_argument("--plan", required=True)
+    p.add_argument("--train-metrics", nargs="*", default=[])
+    p.add_argument("--eval-summaries", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="report directory")
+
+
+def run(args, cfg) -> None:
+    run_report(cfg, args.profile, args.plan, args.train_metrics, args.eval_summaries, args.out)
+
+
+def heldout_figure(train_metrics: list[str], path) -> str:
+    """heldout_vs_compute.png: every algorithm's held-out curve, read at the common budget; returns
+    the verdict lines ('' without curves)."""
+    table = heldout_table([json.loads(Path(p).read_text()) for p in train_metrics])
+    if table.empty or not any(c.startswith("heldout_") for c in table.columns):
+        plots.plot_heldout(0.0, [], [], path)
+        return ""
+    budget, panels = curves.heldout_panels(table)
+    several = table["reward_setting"].nunique() > 1
+    lines = [heldout_line(panel, budget, several) for panel in panels]
+    plots.plot_heldout(budget, panels, lines, path)
+    return "\n".join(lines)
+
+
+def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries, out_dir) -> pd.DataFrame:
+    out_dir = Path(out_dir)
+    metrics = reward_names(cfg)
+    with stage_run(cfg, "report") as (mlflow, run):
+        per_policy = collect(train_metrics, eval_summaries)
+        table = summary_table(per_policy, metrics)
+        atomic_write_text(out_dir / "table.csv", table.to_csv(index=False))
+        heldout = heldout_figure(list(train_metrics), out_dir / "heldout_vs_compute.png")
+        atomic_write_text(out_dir / "table.md", markdown(table, metrics) + requeue_note(per_policy)
+                          + (f"\n{heldout}\n" if heldout else ""))
+        atomic_write_text(out_dir / "policies.csv", per_policy.to_csv(index=False))
+        profile = pd.read_csv(profile_csv)
+        plots.plot_entropy_plan(profile, json.loads(Path(plan_json).read_text()), out_dir / "entropy_plan.png")
+        atomic_write_text(out_dir / "per_style.csv", per_style_table(eval_summaries).to_csv(index=False))
+        plots.plot_reward_std(profile, out_dir / "reward_std_per_step.png")
+        logs = [str(Path(p).parent / "train_log.csv") for p in train_metrics]
+        plots.plot_training(logs, out_dir / "train_reward_vs_nfe.png", "nfe_total")
+        plots.plot_training(logs, out_dir / "train_reward_vs_wall.png", "wall_s")
+        plots.policy_image_grid([Path(p).parent for p in eval_summaries], out_dir / "image_grid.png",
+                                metric=(cfg["evaluate"]["metrics"] or metrics or [None])[0])
+        for f in FILES:
+            mlflow.log_artifact(str(out_dir / f))
+    return table
