@@ -3,7 +3,7 @@
     python benchmarks/bf16_ratio.py [--config config/config.yaml] [--device cuda] [--prompts 4]
 
 Training recomputes the log-prob of each stored transition and divides by the one stored at
-rollout: before any update the ratio must be 1. In float32 it is, up to ~1e-7 (tests/test_train.py).
+rollout: before any update the ratio must be 1. In float32 it is, up to ~1e-7 (tests/unit/test_train.py).
 In bfloat16 the rollout (lanes, groups) and the training pass may batch the same samples
 differently (each algorithm's optimizer steps split a transition's members into the units of
 `Algorithm.update_units`, e.g. DanceGRPO's chunks of 4 samples), so the velocity can differ in the

@@ -36,7 +36,7 @@ def benchmark_config(tiny: dict | None = None, **sampling) -> dict:
 
 def build_model(cfg: dict):
     from egrpo.models import FlowModel, load_pipeline
-from egrpo.stages.build_model import run_build_model
+    from egrpo.stages.build_model import run_build_model
 
     directory = run_build_model({k: v for k, v in cfg.items() if k != "_tmp"}, Path(cfg["_tmp"]) / "model")
     return directory, FlowModel(load_pipeline(cfg, directory), cfg)

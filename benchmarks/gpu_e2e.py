@@ -31,7 +31,7 @@ config/qwenimage.yaml at 720 px, G = 12, 20 steps, with LoRA rank 32 on one GPU 
 all weights over 8), random bf16 weights, nothing downloaded.
 
 --smoke runs the parts on the CPU at toy shapes (part 3 on 2 processes; the families on their tiny instances;
-tests/test_benchmarks.py runs it): it checks the code path, not the figures.
+tests/system/test_benchmarks.py runs it): it checks the code path, not the figures.
 """
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ def ode_lanes(velocity: Callable, lanes: list[tuple[torch.Tensor, list[int]]], c
         batch = torch.cat([xs[lane] for lane in active])
         # float64, as the schedule: a state's timestep is the same whether it is fed alone or in lanes
         lane_sigmas = [(xs[lane].shape[0], float(sigmas[lanes[lane][1][t]])) for lane in active]
-        sigma = torch.cat([torch.full((n,), s, dtype=torch.float64) for n, s in lane_sigmas])  # cpu: FlowModel moves timesteps
+        sigma = torch.cat([torch.full((n,), s, dtype=torch.float64, device="cpu") for n, s in lane_sigmas])  # on the CPU: FlowModel moves timesteps
         step = max_batch or batch.shape[0]
         v = torch.cat([velocity(batch[i:i + step], sigma[i:i + step], cond) for i in range(0, batch.shape[0], step)])
         offset = 0

@@ -41,7 +41,7 @@ def score_groups(groups, model, setting: RewardSetting, prompts, adv_clip: float
     to_normalize = {"combined": (torch.where(valid, combined, nan), 1.0)} if rule.combination == "sum_then_normalize" \
         else {name: (torch.where(valid, scores, nan), setting.weights[name]) for name, scores in components.items()}
     global_std = {name: sde.batch_std(r, rule.unbiased) for name, (r, _) in to_normalize.items()} if rule.global_std else {}
-    advantages = [torch.zeros(g.finals[next(iter(g.finals))].shape[0]) for g in groups]  # cpu: advantages live on the CPU; train_transition moves them
+    advantages = [torch.zeros(g.finals[next(iter(g.finals))].shape[0], device="cpu") for g in groups]  # on the CPU: advantages live on the CPU; train_transition moves them
     offset, zero_std, nonfinite = 0, 0, 0
     for gi, label in keys:
         size = groups[gi].finals[label].shape[0]

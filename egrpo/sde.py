@@ -42,7 +42,7 @@ def sigma_schedule(num_steps: int, shift: float) -> torch.Tensor:
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)  # cpu: the schedule (float64), read as Python floats
+    s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64, device="cpu")  # on the CPU: the schedule (float64), read as Python floats
     return shift * s / (1 + (shift - 1) * s)
 
 

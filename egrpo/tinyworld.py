@@ -83,8 +83,8 @@ def shape_mask(scene: Scene, resolution: int) -> np.ndarray:
 def render(scene: Scene, resolution: int) -> torch.Tensor:
     """The scene as an image [3, H, W] in [0, 1]."""
     mask = torch.from_numpy(shape_mask(scene, resolution))
-    fg = torch.tensor(COLORS[scene.color]).view(3, 1, 1)  # cpu: rendered images live on the CPU
-    bg = torch.tensor(COLORS[scene.background]).view(3, 1, 1)  # cpu: as fg
+    fg = torch.tensor(COLORS[scene.color], device="cpu").view(3, 1, 1)  # on the CPU: rendered images live on the CPU
+    bg = torch.tensor(COLORS[scene.background], device="cpu").view(3, 1, 1)  # on the CPU: as fg
     return torch.where(mask, fg, bg).float()
 
 
@@ -96,7 +96,7 @@ def alignment(image: torch.Tensor, scene: Scene, width: float = 0.3) -> float:
     mask = torch.from_numpy(shape_mask(scene, resolution))
 
     def match(rgb, region):
-        target = torch.tensor(COLORS[rgb]).view(3, 1, 1)  # cpu: images are scored on the CPU
+        target = torch.tensor(COLORS[rgb], device="cpu").view(3, 1, 1)  # on the CPU: images are scored on the CPU
         closeness = torch.exp(-((image.float() - target) ** 2).sum(0) / (2 * width**2))
         return float(closeness[region].mean())
 
@@ -111,6 +111,6 @@ def alignment_reward(cfg: dict):
         for image, prompt in zip(images, prompts):
             scene = parse(prompt)
             scores.append(alignment(image.clamp(0, 1), scene) if scene else 0.0)
-        return torch.tensor(scores, dtype=torch.float32)  # cpu: scores, like every reward's
+        return torch.tensor(scores, dtype=torch.float32, device="cpu")  # on the CPU: scores, like every reward's
 
     return reward

@@ -4,7 +4,7 @@ unchanged (train_log.csv rows, metrics.json, the trained weights).
     python tests/golden.py record OUT.json [--all]   # --all: every family x algorithm x finetune
 
 tests/unit/test_golden.py compares the default micro config's runs against tests/data/golden.json,
-recorded with this script before the train package was split (commit 3521b38).
+recorded with this script before the train package was split (the code of commit 3521b38).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def micro_cfg(work: Path, family: str = "flux", finetune: str = "lora") -> dict:
     for key in ("train", "eval"):
         cfg["prompts"][key] = str(ROOT / cfg["prompts"][key])
     cfg["mlflow"] = {"tracking_uri": f"sqlite:///{work}/mlflow.db"}
-    cfg["model"]["family"] = family
+    cfg["model"].update(family=family, device="cpu")   # the recording ran on the CPU
     cfg["train"].update({"iterations": 2, "prompts_per_iteration": 2, "learning_rate": 1e-2, "finetune": finetune})
     if family != "flux":
         cfg["sampling"].update({"schedule": "pipeline", "negative_prompt": "a blurry image"})

@@ -62,7 +62,7 @@ def main() -> None:
                 print(f"    member {m:2d}: {s}")
         scored = score_groups(rollout.groups, trainer.model, trainer.setting, trainer.prompts,
                               cfg["train"]["adv_clip_max"], trainer.algo.advantage)
-        stats = trainer.update(rollout, scored.advantages).row()
+        stats = trainer.update(rollout, scored.advantages, trainer.state).row()
         print(f"  optimizer steps {stats['optimizer_steps']}; |ratio - 1| before the first step "
               f"{stats['ratio_abs_dev_first']:.1e}; clip fraction after it {stats['clip_fraction_after_first_step']:.3f} "
               f"(all pairs {stats['clip_fraction']:.3f}); rollout NFE {rollout.nfe} (expected {rollout.expected_nfe})")

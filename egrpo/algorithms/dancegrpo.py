@@ -41,9 +41,9 @@ class DanceGRPO(Algorithm):
         if self.step_selection == "first":
             return [cand[:n]] * self.group_size
         if self.step_selection == "per_group":
-            chosen = sorted(cand[i] for i in torch.randperm(len(cand), generator=generator)[:n].tolist())  # cpu: step choice
+            chosen = sorted(cand[i] for i in torch.randperm(len(cand), generator=generator, device="cpu")[:n].tolist())  # on the CPU: step choice
             return [chosen] * self.group_size
-        return [sorted(cand[i] for i in torch.randperm(len(cand), generator=generator)[:n].tolist())  # cpu: step choice
+        return [sorted(cand[i] for i in torch.randperm(len(cand), generator=generator, device="cpu")[:n].tolist())  # on the CPU: step choice
                 for _ in range(self.group_size)]
 
     def rollout(self, model, cond, prompt_index, generator, iteration):

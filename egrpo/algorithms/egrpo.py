@@ -44,7 +44,7 @@ class EGRPO(Algorithm):
         n = self.entries_per_iteration
         if n is None or n >= len(self.plan):
             return list(self.plan)
-        chosen = torch.randperm(len(self.plan), generator=generator)[:n].sort().values  # cpu: entry choice
+        chosen = torch.randperm(len(self.plan), generator=generator, device="cpu")[:n].sort().values  # on the CPU: entry choice
         return [self.plan[i] for i in chosen.tolist()]
 
     def rollout(self, model, cond, prompt_index, generator, iteration):

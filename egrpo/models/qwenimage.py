@@ -20,7 +20,7 @@ from egrpo.models.base import Conditioning, TrueCFG, check_resolution, shifted_p
 
 # QwenImagePipeline's chat template and the number of its leading tokens it drops (its system
 # prompt: 34 tokens with Qwen2.5-VL's tokenizer); the tiny tokenizer gives the prefix as many
-# (tests/test_families.py checks both against the pipeline)
+# (both are checked against the pipeline)
 PROMPT_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, "
                    "text, spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}"
                    "<|im_end|>\n<|im_start|>assistant\n")
@@ -108,7 +108,7 @@ class QwenImage(TrueCFG):
         for k in keys:
             out[k] = torch.stack([torch.cat([r[k], r[k].new_zeros(longest - r[k].shape[0], r[k].shape[1])])
                                   for r in rows])
-            out[k + "_mask"] = torch.stack([torch.arange(longest) < r[k].shape[0] for r in rows]).long()  # cpu: moved with the batch
+            out[k + "_mask"] = torch.stack([torch.arange(longest, device="cpu") < r[k].shape[0] for r in rows]).long()  # on the CPU: moved with the batch
         return out
 
     @property

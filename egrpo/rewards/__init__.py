@@ -86,15 +86,6 @@ REWARDS: dict[str, RewardSpec] = {
 }
 
 
-def reward_precision(name: str, settings: dict) -> str:
-    """reward_models.<name>.precision, or the original's when unset."""
-    precision = settings.get("precision") or REWARDS[name].precision
-    if precision not in PRECISIONS:
-        from egrpo.errors import ConfigError
-        raise ConfigError(f"reward_models.{name}.precision: {precision!r}; expected one of {sorted(PRECISIONS)}")
-    return precision
-
-
 def build_reward(name: str, cfg: dict) -> Callable:
     if name not in REWARDS:
         from egrpo.errors import ConfigError

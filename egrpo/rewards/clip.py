@@ -14,32 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from egrpo.runtime.device import select_device
 from egrpo.errors import UserError
-
-
-def _settings(cfg: dict, name: str) -> dict:
-    settings = (cfg.get("reward_models") or {}).get(name) or {}
-    if not settings.get("path"):
-        raise UserError(f"reward_models.{name}.path: reward {name!r} needs its model weights (a local path or a Hub id in the cache)")
-    return settings
-
-
-def _device(device: torch.device | str | None) -> torch.device:
-    """The scorer's device: the one given (the stage's model.device choice), else model.device's `auto`."""
-    return torch.device(device) if device is not None else select_device({})
-
-
-WEIGHTS_DTYPE = {"float32": torch.float32, "amp": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def compute_context(precision: str, device: torch.device):
-    """The original's autocast: `amp` is float16 autocast on CUDA (a no-op on CPU, as in hpsv2)."""
-    from contextlib import nullcontext
-
-    if precision == "amp" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
+from egrpo.rewards.common import WEIGHTS_DTYPE, compute_context, model_settings, reward_precision, scorer_device
+from egrpo.runtime.device import select_device
 
 
 class CLIPScorer:
@@ -58,7 +35,7 @@ class CLIPScorer:
             self.processor = CLIPProcessor.from_pretrained(processor_path or path, local_files_only=True)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load a CLIP model from {path}: {str(e).splitlines()[0]}") from None
-        self.device = _device(device)
+        self.device = scorer_device(device)
         self.model.to(self.device).eval().requires_grad_(False)
         self.scale_by_logit, self.precision, self.rules = scale_by_logit, precision, rules
 
@@ -106,9 +83,7 @@ def clip_score(cfg: dict):
     """A transformers CLIPModel directory / Hub id, or an original OpenCLIP checkpoint file; open_clip's rules."""
     from pathlib import Path
 
-    from egrpo.rewards import reward_precision
-
-    s = _settings(cfg, "clip")
+    s = model_settings(cfg, "clip")
     precision = reward_precision("clip", s)
     if Path(s["path"]).is_file():
         from egrpo.rewards.openclip import OpenCLIPScorer
@@ -119,14 +94,13 @@ def clip_score(cfg: dict):
 
 
 def pickscore(cfg: dict):
-    from egrpo.rewards import reward_precision
 
-    s = _settings(cfg, "pickscore")
+    s = model_settings(cfg, "pickscore")
     return CLIPScorer(s["path"], s.get("processor"), scale_by_logit=True, precision=reward_precision("pickscore", s),
                       device=select_device(cfg))
 
 
 def tinyclip(cfg: dict):
     """The tiny world's learned reward (shipped in models/tinyclip; `egrpo pretrain` rebuilds it)."""
-    s = _settings(cfg, "tinyclip")
+    s = model_settings(cfg, "tinyclip")
     return CLIPScorer(s["path"], s.get("processor"), scale_by_logit=False, device=select_device(cfg))

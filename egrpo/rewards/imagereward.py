@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from egrpo.errors import UserError
+from egrpo.rewards.common import WEIGHTS_DTYPE, compute_context, model_settings, reward_precision, scorer_device
+from egrpo.runtime.device import select_device
 
 MEAN, STD = 0.16717362830052426, 1.0333394966054072   # ImageReward's normalization of the raw head output
 UNUSED = ("blip.vision_proj.weight", "blip.vision_proj.bias", "blip.text_proj.weight", "blip.text_proj.bias")
@@ -138,9 +140,8 @@ class ImageRewardScorer:
             raise UserError(f"cannot load the BERT tokenizer from {tokenizer_path}: {str(e).splitlines()[0]}") from None
         # BLIP's tokenizer: bert-base-uncased plus [DEC] and [ENC] (vocabulary 30524)
         self.tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
-        from egrpo.rewards.clip import WEIGHTS_DTYPE, _device
 
-        self.device = _device(device)
+        self.device = scorer_device(device)
         self.precision, self.dtype = precision, WEIGHTS_DTYPE[precision]
         for module in (self.vision, self.text, self.mlp):
             module.to(self.device, self.dtype)
@@ -154,7 +155,6 @@ class ImageRewardScorer:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        from egrpo.rewards.clip import compute_context
 
         with compute_context(self.precision, self.device):
             return self._score(images, prompts)
@@ -172,10 +172,7 @@ class ImageRewardScorer:
 
 
 def imagereward(cfg: dict):
-    from egrpo.runtime.device import select_device
-    from egrpo.rewards import reward_precision
-    from egrpo.rewards.clip import _settings
 
-    s = _settings(cfg, "imagereward")
+    s = model_settings(cfg, "imagereward")
     return ImageRewardScorer(s["path"], s.get("processor"), s.get("arch") or "ImageReward-v1.0",
                              reward_precision("imagereward", s), device=select_device(cfg))

@@ -41,7 +41,7 @@ def prompt_color(cfg: dict):
 
     def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         images = images.float().clamp(0, 1)
-        scores = torch.zeros(len(prompts))  # cpu: rule-based scores of CPU images
+        scores = torch.zeros(len(prompts), device="cpu")  # on the CPU: rule-based scores of CPU images
         for b, prompt in enumerate(prompts):
             names = prompt_colors(prompt)
             if names:
@@ -63,6 +63,6 @@ def jpeg_compressibility(cfg: dict):
     """Score = -(JPEG size in kB at quality 95): smaller files, higher reward (DDPO)."""
 
     def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        return torch.tensor([-jpeg_size_kb(img) for img in images], dtype=torch.float32)  # cpu: rule-based scores of CPU images
+        return torch.tensor([-jpeg_size_kb(img) for img in images], dtype=torch.float32, device="cpu")  # on the CPU: rule-based scores of CPU images
 
     return reward

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 from egrpo.errors import UserError
+from egrpo.rewards.common import WEIGHTS_DTYPE, compute_context, model_settings, reward_precision, scorer_device
+from egrpo.runtime.device import select_device
 
 # attention heads are the one thing the weights do not tell; ViT-H-14: 16 and 16
 ARCHS = {"ViT-H-14": {"vision_heads": 16, "text_heads": 16}}
@@ -146,7 +148,7 @@ def load_openclip_as_clipmodel(path: str | Path, arch: str | dict = "ViT-H-14", 
     for name, buffer in model.named_buffers():  # position ids are not in the checkpoint
         if buffer.is_meta:
             module = model.get_submodule(name.rsplit(".", 1)[0])
-            setattr(module, name.rsplit(".", 1)[1], torch.arange(buffer.shape[-1]).expand(buffer.shape).clone())  # cpu: before the model moves
+            setattr(module, name.rsplit(".", 1)[1], torch.arange(buffer.shape[-1], device="cpu").expand(buffer.shape).clone())  # on the CPU: before the model moves
     return model.to(dtype).eval().requires_grad_(False)
 
 
@@ -163,12 +165,10 @@ class OpenCLIPScorer:
                  activation: str = "gelu", resize_mode: str | None = None, mean=None, std=None):
         from transformers import CLIPTokenizer
 
-        from egrpo.rewards.clip import WEIGHTS_DTYPE, _device
-
         self.model = load_openclip_as_clipmodel(path, arch, WEIGHTS_DTYPE[precision], activation)
         self.resize_mode = resize_mode or ("longest" if letterbox else "shortest")
         self.mean, self.std = mean, std
-        self.device = _device(device)
+        self.device = scorer_device(device)
         self.model.to(self.device)
         if not tokenizer_path:
             raise UserError(f"{path}: an OpenCLIP reward needs `processor`: a directory (or cached Hub id) with "
@@ -192,7 +192,6 @@ class OpenCLIPScorer:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        from egrpo.rewards.clip import compute_context
         from egrpo.rewards.preprocess import openclip_tokenize
 
         pixels = self.pixel_values(images).to(self.device, self.model.dtype)
@@ -207,11 +206,8 @@ class OpenCLIPScorer:
 
 def hps(cfg: dict):
     """HPS v2.1: the HPS checkpoint (HPS_v2.1_compressed.pt, OpenCLIP ViT-H-14) as a cosine score."""
-    from egrpo.runtime.device import select_device
-    from egrpo.rewards import reward_precision
-    from egrpo.rewards.clip import _settings
 
-    s = _settings(cfg, "hps")
+    s = model_settings(cfg, "hps")
     return OpenCLIPScorer(s["path"], s.get("processor"), s.get("arch") or "ViT-H-14", reward_precision("hps", s),
                           letterbox=True, device=select_device(cfg))
 
@@ -226,11 +222,7 @@ def clip_dfn(cfg: dict):
     open_clip_model.safetensors or open_clip_pytorch_model.bin beside it."""
     import json
 
-    from egrpo.runtime.device import select_device
-    from egrpo.rewards import reward_precision
-    from egrpo.rewards.clip import _settings
-
-    s = _settings(cfg, "clip_dfn")
+    s = model_settings(cfg, "clip_dfn")
     directory = Path(s["path"])
     config_file = directory / "open_clip_config.json"
     if not config_file.is_file():

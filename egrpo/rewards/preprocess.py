@@ -109,7 +109,7 @@ def squash(pixels: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)  # cpu: pixels are prepared on the CPU
+    return (x - torch.tensor(mean, device="cpu").view(1, 3, 1, 1)) / torch.tensor(std, device="cpu").view(1, 3, 1, 1)  # on the CPU: pixels are prepared on the CPU
 
 
 def openclip_clean(text: str) -> str:
@@ -129,12 +129,12 @@ def openclip_tokenize(tokenizer, prompts: list[str], context: int) -> torch.Tens
     "!", so "amazing!!!" would become pad ids instead of the "!!!</w>" token, and a typed
     "<|endoftext|>" would end the prompt (split_special_tokens=True tokenizes them as text)."""
     sot, eot = tokenizer.bos_token_id, tokenizer.eos_token_id
-    out = torch.zeros(len(prompts), context, dtype=torch.long)  # cpu: token ids, moved by the scorer
+    out = torch.zeros(len(prompts), context, dtype=torch.long, device="cpu")  # on the CPU: token ids, moved by the scorer
     for i, prompt in enumerate(prompts):
         # open_clip truncates [sot] + bpe + [eot] to `context` and sets the last to eot: the first
         # context - 2 BPE tokens survive, which is what truncating the BPE tokens first gives
         bpe = tokenizer(openclip_clean(prompt), add_special_tokens=False, truncation=True,
                         max_length=context - 2, split_special_tokens=True)["input_ids"]
         ids = [sot] + bpe + [eot]
-        out[i, :len(ids)] = torch.tensor(ids)  # cpu: token ids
+        out[i, :len(ids)] = torch.tensor(ids, device="cpu")  # on the CPU: token ids
     return out

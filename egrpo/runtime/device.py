@@ -5,7 +5,7 @@
 forces the CPU on a GPU machine; `cuda` / `cuda:N` insist on a GPU and fail clearly without one.
 
 Every tensor of a computation lives on this one device: models and their inputs are moved there
-when built, factories in the compute path name it (tests/test_device.py checks the source), and
+when built, factories in the compute path name it (the test suite checks the source), and
 results come back to the CPU only at the edges (images for scoring and saving, logged numbers).
 
 Out of memory: `memory_phase` turns a CUDA out-of-memory error into one line naming the stage, the

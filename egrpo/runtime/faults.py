@@ -3,7 +3,8 @@ it is unset. Production code only offers the two points where a fault can happen
 iteration, as a memory phase starts); it never names a test.
 
     EGRPO_FAULT="kill-after-iteration:2"        SIGKILL a fresh (not resumed) run after iteration 2
-    EGRPO_FAULT="hang-after-iteration:1"        hang after iteration 1 (a peer that stops answering)
+    EGRPO_FAULT="hang-after-iteration:1"        hang after iteration 1 (a peer that stops answering),
+                                                until its parent process is gone
     EGRPO_FAULT="slow-iteration:12"             every iteration 12 s longer (a run that outlasts a limit)
     EGRPO_FAULT="oom:train:training"            a CUDA out-of-memory error as phase `training` of stage
                                                 `train` starts (any stage and phase of device.memory_phase)
@@ -48,9 +49,11 @@ class FaultPlan:
     def after_iteration(self, done: int, resumed: bool) -> None:
         if self.kill_after == done and not resumed:
             os.kill(os.getpid(), signal.SIGKILL)
-        if self.hang_after == done:
-            while True:
-                time.sleep(60)
+        if self.hang_after == done:   # until the process that started this one is gone (no orphan)
+            parent = os.getppid()
+            while os.getppid() == parent:
+                time.sleep(1)
+            os._exit(1)
         if self.slow_s:
             time.sleep(self.slow_s)
 

@@ -32,7 +32,7 @@ from datetime import datetime
 
 log = logging.getLogger("egrpo")
 
-# tests: the job's end time as a Unix time, in place of SLURM's
+# the job's end time as a Unix time, set by another scheduler (or to rehearse a limit) in place of SLURM's
 END_TIME_VARIABLE = "EGRPO_JOB_END_TIME"
 
 

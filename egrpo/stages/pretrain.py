@@ -94,13 +94,13 @@ def _optimizer(module, lr: float, weight_decay: float, steps: int):
 def augment(images: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
     """Renderings made to look like samples: shifts of up to 2 px, blur, colour jitter, noise."""
     b = images.shape[0]
-    shifts = torch.randint(-2, 3, (b, 2), generator=generator)  # cpu: augmentation runs on the CPU batch
+    shifts = torch.randint(-2, 3, (b, 2), generator=generator, device="cpu")  # on the CPU: augmentation runs on the CPU batch
     out = torch.stack([torch.roll(img, (int(dy), int(dx)), dims=(1, 2)) for img, (dy, dx) in zip(images, shifts)])
-    blur = torch.rand(b, 1, 1, 1, generator=generator) < 0.5 * strength  # cpu: augmentation
+    blur = torch.rand(b, 1, 1, 1, generator=generator, device="cpu") < 0.5 * strength  # on the CPU: augmentation
     blurred = F.avg_pool2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     out = torch.where(blur, blurred, out)
-    out = out + strength * 0.08 * (torch.rand(b, 3, 1, 1, generator=generator) - 0.5)  # cpu: augmentation
-    out = out + strength * 0.06 * torch.rand(b, 1, 1, 1, generator=generator) * torch.randn(out.shape, generator=generator)  # cpu: augmentation
+    out = out + strength * 0.08 * (torch.rand(b, 3, 1, 1, generator=generator, device="cpu") - 0.5)  # on the CPU: augmentation
+    out = out + strength * 0.06 * torch.rand(b, 1, 1, 1, generator=generator, device="cpu") * torch.randn(out.shape, generator=generator, device="cpu")  # on the CPU: augmentation
     return out.clamp(0, 1)
 
 
@@ -116,7 +116,7 @@ def train_vae(vae, images: torch.Tensor, pcfg: dict, generator: torch.Generator,
     step_on = _optimizer(vae, pcfg["vae_lr"], 0.0, steps)
     losses = []
     for step in tqdm(range(steps), desc="pretrain vae", unit="step"):
-        idx = torch.randint(len(images), (batch,), generator=generator)  # cpu: indexes the CPU data
+        idx = torch.randint(len(images), (batch,), generator=generator, device="cpu")  # on the CPU: indexes the CPU data
         x = (augment(images[idx], generator, strength=0.5) * 2 - 1).to(device)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(device)
@@ -177,10 +177,10 @@ def train_transformer(pipe, latents: torch.Tensor, embeds: torch.Tensor, pooled:
     losses = []
     bar = tqdm(range(steps), desc="pretrain transformer", unit="step")
     for step in bar:
-        caption_idx = torch.randint(len(embeds), (batch,), generator=generator)  # cpu: indexes the CPU data
+        caption_idx = torch.randint(len(embeds), (batch,), generator=generator, device="cpu")  # on the CPU: indexes the CPU data
         x0 = latents[caption_scene[caption_idx]]
-        eps = torch.randn(x0.shape, generator=generator)  # cpu: the batch moves as a whole below
-        u = torch.rand(batch, generator=generator)  # cpu: the batch moves as a whole below
+        eps = torch.randn(x0.shape, generator=generator, device="cpu")  # on the CPU: the batch moves as a whole below
+        u = torch.rand(batch, generator=generator, device="cpu")  # on the CPU: the batch moves as a whole below
         sigma = shift * u / (1 + (shift - 1) * u)
         x = ((1 - sigma.view(-1, 1, 1)) * x0 + sigma.view(-1, 1, 1) * eps).to(device)
         v = transformer(hidden_states=x, timestep=sigma.to(device), guidance=torch.full((batch,), guidance, device=device),
@@ -228,8 +228,8 @@ def train_tinyclip(model, tokenizer, images: torch.Tensor, scenes: list[Scene], 
     losses = []
     bar = tqdm(range(steps), desc="pretrain tinyclip", unit="step")
     for step in bar:
-        idx = torch.randperm(len(scenes), generator=generator)[:batch]  # cpu: scene choice
-        templates = torch.randint(len(TEMPLATES), (batch,), generator=generator)  # cpu: caption choice
+        idx = torch.randperm(len(scenes), generator=generator, device="cpu")[:batch]  # on the CPU: scene choice
+        templates = torch.randint(len(TEMPLATES), (batch,), generator=generator, device="cpu")  # on the CPU: caption choice
         texts = [captions[i][t] for i, t in zip(idx.tolist(), templates.tolist())]
         tokens = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
         pixels = ((augment(images[idx], generator) - 0.5) / 0.5).to(device)
@@ -292,7 +292,7 @@ def run_pretrain(cfg: dict, out_dir) -> dict:
     generator = torch.Generator().manual_seed(pcfg["seed"])
     scenes = all_scenes()
     captions = [c for s in scenes for c in all_captions(s)]
-    caption_scene = torch.arange(len(scenes)).repeat_interleave(len(TEMPLATES))  # cpu: indexes the CPU data
+    caption_scene = torch.arange(len(scenes), device="cpu").repeat_interleave(len(TEMPLATES))  # on the CPU: indexes the CPU data
     images = torch.stack([render(s, res) for s in scenes])
     started = time.perf_counter()
     with stage_run(cfg, "pretrain", {"seed": pcfg["seed"]}) as (mlflow, run):
@@ -371,9 +371,9 @@ def tinyclip_retrieval(path, scenes: list[Scene], resolution: int, seed: int, n:
 
     scorer = CLIPScorer(str(path), None, scale_by_logit=False)
     generator = torch.Generator().manual_seed(seed + 1)
-    idx = torch.randperm(len(scenes), generator=generator)[:n].tolist()  # cpu: scene choice
+    idx = torch.randperm(len(scenes), generator=generator, device="cpu")[:n].tolist()  # on the CPU: scene choice
     images = augment(torch.stack([render(scenes[i], resolution) for i in idx]), generator)
     image_emb = F.normalize(scorer.embed_images(images), dim=-1).cpu()  # the scorer's device -> the CPU
     text_emb = F.normalize(scorer.embed_texts([all_captions(scenes[i])[0] for i in idx]), dim=-1).cpu()
-    top1 = float(((image_emb @ text_emb.T).argmax(1) == torch.arange(len(idx))).float().mean())  # cpu: embeddings moved above
+    top1 = float(((image_emb @ text_emb.T).argmax(1) == torch.arange(len(idx), device="cpu")).float().mean())  # on the CPU: embeddings moved above
     return {"top1": top1, "chance": 1 / len(idx), "candidates": len(idx)}

@@ -91,7 +91,7 @@ def schedule_of(cfg: dict, profile: pd.DataFrame | None):
             raise UserError(f"--profile: {len(rows)} steps profiled, sampling.num_steps is {sampling['num_steps']}; "
                             "profile again with this config")
         values = list(rows["sigma"]) + [float(rows["sigma_next"].iloc[-1])]
-        return torch.tensor(values, dtype=torch.float64)  # cpu: the schedule, read as Python floats
+        return torch.tensor(values, dtype=torch.float64, device="cpu")  # on the CPU: the schedule, read as Python floats
     if sampling.get("schedule", "static") != "static":
         raise UserError("threshold: sampling.schedule 'pipeline' takes the model's schedule from the profile; "
                         "give --profile (entropy.csv of `egrpo profile`)")

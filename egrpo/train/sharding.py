@@ -42,11 +42,11 @@ def shard(module: torch.nn.Module, compute_dtype: torch.dtype, master_dtype: tor
 
     # FLUX's single blocks return slices of one tensor; FSDP2 warns that an in-place op on such a view
     # would drop its backward hook. diffusers' FLUX makes none (its next op is a cat or a norm), and
-    # tests/test_sharding.py checks the sharded gradients against unsharded ones with both kinds of block.
+    # the sharded gradients are checked against unsharded ones with both kinds of block (the system tests).
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPFlux.*returned a view tensor")
     # cast_forward_inputs=False: the latents and the timestep reach the transformer in fp32, as the
     # official FLUX trainers feed them (VisualGRPO's FSDP wrapper sets it too), not cast to bf16
-    # (int(1000 sigma)/1000 = 0.978 would arrive as 0.9766); tests/test_model.py checks both the input
+    # (int(1000 sigma)/1000 = 0.978 would arrive as 0.9766); the unit tests check both the input
     # and what the time embedding sees against the official call
     policy = MixedPrecisionPolicy(param_dtype=None if compute_dtype == torch.float32 else compute_dtype,
                                   reduce_dtype=torch.float32, cast_forward_inputs=False)

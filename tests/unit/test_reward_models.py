@@ -249,7 +249,7 @@ def test_imagereward_full_layout_matches_blip_on_meta_device():
     assert vision_config.num_attention_heads == 16 and text_config.num_attention_heads == 12
 
 
-# --- each reward applies its original's preprocessing (rules: tests/test_reward_preprocess.py) ----
+# --- each reward applies its original's preprocessing (rules: tests/unit/test_reward_preprocess.py) ----
 
 def column_coded(height: int, width: int) -> torch.Tensor:
     """Float image whose red channel encodes the column index as a uint8 value."""
@@ -319,7 +319,7 @@ def test_imagereward_resizes_the_short_side_and_crops_the_centre(tiny_imagerewar
 
 def test_reward_precision_defaults_to_the_original(byte_hps, tiny_clip_dir):
     from egrpo.config import ConfigError, validate
-    from egrpo.rewards import reward_precision
+    from egrpo.rewards.common import reward_precision
 
     assert reward_precision("hps", {}) == "amp"           # hpsv2: fp32 weights under float16 autocast on CUDA
     assert {reward_precision(n, {}) for n in ("imagereward", "pickscore", "clip", "tinyclip")} == {"float32"}

@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, real_slurm_env
+from helpers import ROOT
+from snakemake_runs import real_slurm_env
 from snakemake_runs import copy_workflow
 
 # one worker: the cluster is one per machine (port 6817), brought up once for the module
@@ -80,7 +81,7 @@ def test_tiny_dag_through_the_slurm_profile(cluster, tmp_path, monkeypatch):
     # margin: after its first iteration a job has less than margin + an iteration left, so it stops
     # with its state saved outside its outputs, the profile's retries submit it again and the next job
     # continues: 3 iterations take 3 jobs, 2 stops (one algorithm: the local executor's tests and
-    # test_families cover the others; a SIGKILLed job resumes the same way: tests/test_faults.py)
+    # test_families cover the others; a SIGKILLed job resumes the same way: tests/system/test_faults.py)
     env = dict(real_slurm_env(), EGRPO_FAULT="slow-iteration:12")
     train = {"iterations": 3, "checkpoint_every": 1, "time_limit_margin_s": 40}
     result = run_on_slurm(work, "--config", f"train={json.dumps(train)}", "algorithms=[egrpo]", "--retries", "10",

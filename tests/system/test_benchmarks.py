@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def run(*args):
@@ -58,7 +58,7 @@ def test_recipe_check_tool(tmp_path, tiny_model_dir):
     """tools/recipe_check.py: one iteration per algorithm with its default recipe."""
     import yaml
 
-    from conftest import micro_config
+    from helpers import micro_config
 
     cfg = micro_config(tmp_path, sampling={"group_size": 4})
     path = tmp_path / "micro.yaml"

@@ -51,7 +51,7 @@ def test_killed_jobs_keep_going_then_resume(micro_dag_copy):
 
 def test_snakemake_retry_resumes_into_same_result_as_unbroken(micro_dag_copy, tmp_path):
     """DanceGRPO (random steps per sample and iteration: the harder resume) through Snakemake's
-    retry; tests/test_train.py does the same for E-GRPO with the CLI alone."""
+    retry; tests/unit/test_train.py does the same for E-GRPO with the CLI alone."""
     broken = micro_dag_copy
     unbroken = Path(shutil.copytree(broken, tmp_path / "unbroken", symlinks=True))
     env = dict(os.environ, EGRPO_FAULT="kill-after-iteration:1")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import micro_config
+from helpers import micro_config
 from egrpo.analysis.curves import first_crossing
 from egrpo.analysis.runs import heldout_curves
 from egrpo.analysis.claims import match_fraction, profile_claims

@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import micro_config
+from helpers import micro_config
 from egrpo.config import validate
 from egrpo.errors import ConfigError
 

@@ -1,5 +1,5 @@
 """Run `egrpo train` in one process of a multi-process job, with two perturbations that make the
-processes' work uneven (tests/test_sharding.py launches it under torch.distributed.run):
+processes' work uneven (tests/system/test_sharding.py launches it under torch.distributed.run):
 
 - process 0 leaves out the last transition of every iteration's first optimizer step;
 - process 1's first PPO loss of every iteration is NaN (the trainer skips that transition).

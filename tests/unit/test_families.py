@@ -7,12 +7,11 @@ import json
 
 import pytest
 import torch
-from conftest import micro_config, shared_once
-from snakemake_runs import copy_workflow, job_counts, snakemake_local
+from helpers import micro_config, shared_once
 
 from egrpo.config import validate
 from egrpo.errors import UserError
-from egrpo.models import FAMILIES, FlowModel, family_by_pipeline, load_pipeline
+from egrpo.models import FAMILIES, FlowModel, load_pipeline
 from egrpo.stages.build_model import run_build_model
 from egrpo.rollout import ode_run
 
@@ -147,31 +146,6 @@ def test_a_crashed_run_resumes_into_the_unbroken_one(family, tmp_path, monkeypat
                                   pd.read_csv(tmp_path / "k/train_log.csv").drop(columns=timings))
     a, b = (load_file(str(tmp_path / d / "checkpoint/lora.safetensors")) for d in ("u", "k"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_micro_dag_runs_on_every_family(family, tmp_path_factory, request):
-    """The whole DAG (build the tiny model, profile, threshold, train, evaluate, report) with
-    model.family set. FLUX is the suite's shared micro DAG; every other family runs it here with
-    E-GRPO alone (the algorithms x families matrix is above)."""
-    name, _ = family
-    if name == "flux":
-        work = request.getfixturevalue("finished_micro_dag")
-    else:
-        work = copy_workflow(tmp_path_factory.mktemp(f"dag-{name}"))
-        override = f'model={{"family": "{name}"}}'
-        run = snakemake_local(work, "--config", override, "algorithms=[egrpo]", 'sampling={"schedule": "pipeline"}')
-        assert run.returncode == 0, run.stderr[-4000:]
-        assert job_counts(run.stdout + run.stderr) == {"build_model": 1, "profile": 1, "threshold": 1, "train": 1,
-                                                       "evaluate": 2, "report": 1}
-    res = work / "results/micro"
-    index = json.loads((res / "model/model_index.json").read_text())
-    assert family_by_pipeline(index["_class_name"]) == name
-    plan = json.loads((res / "plan/plan.json").read_text())
-    assert plan["plan"] and len(plan["sigmas"]) == 5
-    metrics = json.loads((res / "train/egrpo/color/seed0/metrics.json").read_text())
-    assert metrics["nfe_total"] > 0 and (res / "report/table.md").is_file()
-    meta = json.loads((res / "train/egrpo/color/seed0/checkpoint/meta.json").read_text())
-    assert meta["family"] == name and meta["lora_targets"]
 
 
 def test_qwen_chat_template_is_the_pipelines(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import micro_config
+from helpers import micro_config
 from egrpo.config import coerce_strings, load, validate
 from egrpo.errors import ConfigError
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import micro_config
+from helpers import micro_config
 from egrpo.runtime.io import load_prompts
 
 STYLES = ("anime", "concept-art", "paintings", "photo")

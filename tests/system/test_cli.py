@@ -4,7 +4,7 @@ import sys
 
 import yaml
 
-from conftest import micro_config
+from helpers import micro_config
 
 STAGES = ["build-model", "profile", "threshold", "train", "evaluate", "report", "mlflow-init"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, micro_config
+from helpers import ROOT, micro_config
 from egrpo.config import validate
 
 MICRO_PRETRAIN = {"batch_size": 8, "vae_steps": 3, "transformer_steps": 4, "tinyclip_steps": 3,

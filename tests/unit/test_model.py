@@ -1,5 +1,5 @@
 """The tiny FLUX: real diffusers classes, offline tokenizers, checkpoints (every family's sampler against
-its diffusers pipeline: tests/test_families.py)."""
+its diffusers pipeline: tests/unit/test_families.py)."""
 import pytest
 import torch
 
@@ -61,7 +61,7 @@ def test_two_builds_are_identical(tmp_path, micro):
 
 
 def test_evaluation_resolution_differs_from_training(tmp_path, tiny_model_dir):
-    from conftest import micro_config
+    from helpers import micro_config
     from egrpo.config import validate
     from egrpo.stages.evaluate import run_evaluate
     import json
@@ -104,7 +104,7 @@ def test_the_transformer_receives_the_official_timestep_at_bf16(tiny_model_dir, 
 
     import torch.distributed as dist
 
-    from conftest import micro_config
+    from helpers import micro_config
     from egrpo.config import validate
 
     cfg = validate(micro_config(tmp_path, model={"dtype": "bfloat16"}))

@@ -203,7 +203,7 @@ def test_default_config_reads_the_shipped_models_as_plain_inputs(tmp_path):
     import os
     import shutil
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     if not (ROOT / "models/tinyworld").is_dir():
         pytest.skip("shipped weights not present")

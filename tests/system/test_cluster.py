@@ -1,6 +1,6 @@
 """Cluster scale on the CPU: a train job over two nodes (emulated: two node launchers with the
 environment a 2-node SLURM step gives, gloo), a peer that stops answering, out of memory, and the
-stop before a time limit. The same on the real local SLURM: tests/test_slurm.py."""
+stop before a time limit. The same on the real local SLURM: tests/system/test_slurm.py."""
 import json
 import os
 import signal
@@ -15,8 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import ROOT
-from test_train import VOLATILE, plan_file, train_cfg
+from helpers import VOLATILE, plan_file, train_cfg
 
 pytestmark = pytest.mark.slow
 

@@ -1,12 +1,13 @@
 """Running Snakemake from the tests: copies of the workflow, the local executor, reading what it did
 from its output, and the finished micro DAG that many tests start from. No side effects on import:
 tests/build_shared.py (a background process) imports it too."""
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 MICRO_JOBS = {"build_model": 1, "profile": 1, "threshold": 1, "train": 2, "evaluate": 3, "report": 1}
 
 
@@ -55,3 +56,12 @@ def job_counts(output: str) -> dict:
     counts.pop("all", None)
     counts.pop("total", None)
     return counts
+
+
+def real_slurm_env(env: dict | None = None) -> dict:
+    """The environment with SLURM's real client tools (for tests that run a controller)."""
+    env = dict(os.environ if env is None else env)
+    # every shim: under xdist the controller's conftest put its own on the PATH the workers inherit
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if not Path(p).name.startswith("egrpo-no-slurm-controller-"))
+    return env
