@@ -3,6 +3,7 @@
 #   snakemake -n                    list the jobs
 #   snakemake -R threshold          rerun one stage and what depends on it
 #   snakemake --configfile config/paper.yaml --profile slurm
+# One rule file per stage, one `egrpo <stage>` per rule, one module egrpo/stages/<stage>.py per subcommand.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -16,12 +17,14 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/model.smk"
+include: "workflow/rules/build_model.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/threshold.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:

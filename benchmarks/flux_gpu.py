@@ -3,7 +3,7 @@
     python benchmarks/flux_gpu.py [--resolution 720 512] [--group-size 12] [--compile] [--lora]
     python benchmarks/flux_gpu.py --tiny --device cpu      # smoke check of the code path anywhere
 
-A FluxTransformer2DModel with FLUX.1-dev's configuration (benchmarks/flux_transformer_config.json,
+A FluxTransformer2DModel with FLUX.1-dev's configuration (egrpo/models/presets.py,
 random bf16 weights, nothing downloaded): forward, and forward+backward of a group of G samples
 (LoRA on the attention projections + gradient checkpointing with --lora, as training does).
 FLOPs per forward = 2 x (each weight x the tokens it is applied to) + attention 4 x seq^2 x width
@@ -17,7 +17,6 @@ MFU = useful FLOP/s / the GPU's dense bf16 peak (--peak-tflops, or a table of kn
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -77,8 +76,9 @@ def main() -> None:
 
     from diffusers import FluxTransformer2DModel
 
-    config = TINY if args.tiny else {k: v for k, v in json.loads(
-        (Path(__file__).parent / "flux_transformer_config.json").read_text()).items() if not k.startswith("_")}
+    from egrpo.models.presets import FLUX_DEV_TRANSFORMER
+
+    config = TINY if args.tiny else FLUX_DEV_TRANSFORMER
     device = torch.device(args.device)
     dtype = torch.bfloat16
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ evaluate -> report; tests/data/micro.yaml) with `model.device: cuda` forced, so 
 a model must run it on the GPU (a stage that cannot fails the DAG); train's metrics.json must say cuda.
 
 Part 2 (`flux`): a FluxPipeline with FLUX.1-dev's shapes and random bf16 weights (transformer
-benchmarks/flux_transformer_config.json, 11.9 B; T5-XXL encoder, 4.7 B; CLIP-L text; FLUX's VAE),
+egrpo/models/presets.py, 11.9 B; T5-XXL encoder, 4.7 B; CLIP-L text; FLUX's VAE),
 nothing downloaded, and a random CLIP ViT-H-14 (HPS v2.1's shape) as the reward. The real `Trainer`
 runs one iteration of each algorithm with config/paper.yaml's recipe and its one-GPU overlay
 config/paper-1gpu.yaml: LoRA (rank 32),
@@ -30,7 +30,7 @@ config/sd35.yaml: 512 px, G = 24, 10 steps, true CFG 4.5, LoRA rank 32) and Qwen
 config/qwenimage.yaml at 720 px, G = 12, 20 steps, with LoRA rank 32 on one GPU where the recipe fine-tunes
 all weights over 8), random bf16 weights, nothing downloaded.
 
---smoke runs the parts on the CPU at toy shapes (part 3 on 2 processes; the families on their tiny instances;
+--smoke runs the parts on the CPU on the tiny preset (part 3 on 2 processes; every family on its tiny instance;
 tests/system/test_benchmarks.py runs it): it checks the code path, not the figures.
 """
 from __future__ import annotations
@@ -52,30 +52,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ALGORITHMS = ("egrpo", "dancegrpo", "mixgrpo", "flowgrpo")
-# FLUX.1-dev's components other than the transformer (their published configs)
-T5_XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, feed_forward_proj="gated-gelu",
-              is_gated_act=True, dense_act_fn="gelu_new")
-CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-              max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
-FLUX_VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=[128, 256, 512, 512],
-                down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                layers_per_block=2, norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159,
-                use_quant_conv=False, use_post_quant_conv=False)
 VIT_H_14 = dict(vision=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
                             patch_size=14, image_size=224, hidden_act="gelu"),
                 text=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                           max_position_embeddings=77, hidden_act="gelu"),
                 projection_dim=1024)
-# toy shapes for --smoke
-TOY_TRANSFORMER = {"attention_head_dim": 16, "axes_dims_rope": [4, 6, 6], "guidance_embeds": True, "in_channels": 16,
-                   "joint_attention_dim": 32, "num_attention_heads": 2, "num_layers": 1, "num_single_layers": 1,
-                   "patch_size": 1, "pooled_projection_dim": 32}
-TOY_T5 = dict(d_model=32, d_ff=64, d_kv=16, num_heads=2, num_layers=1)
-TOY_CLIP_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                     max_position_embeddings=77, projection_dim=32)
-TOY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 8],
-               down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-               layers_per_block=1, norm_num_groups=4, scaling_factor=1.0, shift_factor=0.0)
 TOY_VIT = dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                            patch_size=8, image_size=32),
                text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -83,25 +64,6 @@ TOY_VIT = dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_laye
                projection_dim=32)
 
 
-# SD3.5-Medium (stabilityai/stable-diffusion-3.5-medium) and Qwen-Image (Qwen/Qwen-Image): their published configs
-SD35_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
-                        num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-                        pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
-                        dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
-CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-              max_position_embeddings=77, projection_dim=1280, hidden_act="gelu")
-SD3_VAE = dict(FLUX_VAE, scaling_factor=1.5305, shift_factor=0.0609)
-QWEN_TRANSFORMER = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
-                        num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
-                        axes_dims_rope=(16, 56, 56))
-QWEN25_VL_7B = dict(text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                              num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000,
-                              rope_theta=1000000.0, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}),
-                    vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                                patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                                fullatt_block_indexes=[7, 15, 23, 31]))
-QWEN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                temperal_downsample=[False, True, True])
 # the family's published recipe (config/<file>) and the part's name
 FAMILY_CONFIGS = {"sd35": ("sd3", "config/sd35.yaml"), "qwenimage": ("qwenimage", "config/qwenimage.yaml")}
 
@@ -135,7 +97,7 @@ def run_dag(device: str, work: Path) -> dict:
 
 # ---- part 2: FLUX.1-dev-shaped iterations through the real Trainer -----------------------------------
 
-def _tokenizers(words: list[str], t5_length: int):
+def _tokenizers(words: list[str], t5_length: int):  # the reward's tokenizer
     """The tiny world's offline tokenizers with FLUX's lengths: CLIP 77 tokens, T5 `t5_length`."""
     from egrpo.models.tokenizers import build_tokenizers
 
@@ -144,33 +106,12 @@ def _tokenizers(words: list[str], t5_length: int):
     return clip_tok, t5_tok
 
 
-def flux_shaped_pipeline(smoke: bool, device: torch.device, words: list[str]):
-    """A FluxPipeline of FLUX.1-dev's classes and shapes (toy shapes with smoke), random weights built
-    directly on `device` in the model dtype (bf16 on a GPU: 24 GB for the transformer, no fp32 copy)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+def flux_shaped_pipeline(smoke: bool, device: torch.device, words: list[str], cfg: dict):
+    """A FluxPipeline of FLUX.1-dev's classes and shapes with random weights built directly on `device`
+    in bf16 (egrpo/models/presets.py); with smoke, the tiny preset of the config's model.tiny."""
+    from egrpo.models import build_pipeline
 
-    dtype = torch.float32 if smoke else torch.bfloat16
-    clip_tok, t5_tok = _tokenizers(words, 64 if smoke else 512)
-    tcfg = TOY_TRANSFORMER if smoke else {k: v for k, v in json.loads(
-        (ROOT / "benchmarks/flux_transformer_config.json").read_text()).items() if not k.startswith("_")}
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            transformer = FluxTransformer2DModel(**tcfg)
-            t5 = T5EncoderModel(T5Config(vocab_size=32128, pad_token_id=0, eos_token_id=1, **(TOY_T5 if smoke else T5_XXL)))
-        clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, bos_token_id=clip_tok.bos_token_id,
-                                            eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.eos_token_id,
-                                            **(TOY_CLIP_TEXT if smoke else CLIP_L)))
-        vae = AutoencoderKL(**(TOY_VAE if smoke else FLUX_VAE))
-    finally:
-        torch.set_default_dtype(previous)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5,
-                        tokenizer_2=t5_tok, transformer=transformer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return build_pipeline(cfg, words, "tiny" if smoke else "paper", device)
 
 
 def save_random_clip_reward(smoke: bool, out: Path, words: list[str]) -> Path:
@@ -240,7 +181,7 @@ def run_flux(args, work: Path) -> list[dict]:
     rows = []
     for algorithm in args.algorithms:
         start = time.perf_counter()
-        pipe = flux_shaped_pipeline(args.smoke, device, words)
+        pipe = flux_shaped_pipeline(args.smoke, device, words, cfg)
         egrpo.train.trainer.load_pipeline = lambda cfg, model_dir=None, pipe=pipe: pipe  # the random pipeline, not a path
         trainer = egrpo.train.trainer.Trainer(cfg, algorithm, "shape", 0, None, str(work / "plan.json"),
                                       work / "out" / algorithm, work / "resume" / algorithm)
@@ -258,56 +199,11 @@ def run_flux(args, work: Path) -> list[dict]:
 
 def family_shaped_pipeline(part: str, smoke: bool, device: torch.device, words: list[str], cfg: dict):
     """SD3.5-Medium's or Qwen-Image's pipeline with their classes and shapes and random weights built on
-    `device` in bf16; with smoke, the family's tiny instance (egrpo.models: the tests' shapes)."""
-    from egrpo.models import family_class
+    `device` in bf16 (egrpo/models/presets.py); with smoke, the family's tiny instance (the tests' shapes)."""
+    from egrpo.models import build_pipeline
 
-    family = FAMILY_CONFIGS[part][0]
-    if smoke:
-        return family_class(family).build_tiny(cfg, words).to(device)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            pipe = _sd35(words) if part == "sd35" else _qwenimage(words, cfg)
-    finally:
-        torch.set_default_dtype(previous)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _sd35(words):
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
-    clip_tok, t5_tok = _tokenizers(words, 256)
-    ids = dict(bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.eos_token_id)
-    clip_l = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, **ids, **CLIP_L))
-    clip_g = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, **ids, **CLIP_G))
-    t5 = T5EncoderModel(T5Config(vocab_size=32128, pad_token_id=0, eos_token_id=1, **T5_XXL))
-    return StableDiffusion3Pipeline(
-        transformer=SD3Transformer2DModel(**SD35_TRANSFORMER), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=AutoencoderKL(**SD3_VAE), text_encoder=clip_l, tokenizer=clip_tok, text_encoder_2=clip_g,
-        tokenizer_2=clip_tok, text_encoder_3=t5, tokenizer_3=t5_tok)
-
-
-def _qwenimage(words, cfg):
-    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
-                           QwenImageTransformer2DModel)
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from egrpo.models.qwenimage import PROMPT_TEMPLATE, PROMPT_TEMPLATE_START
-    from egrpo.models.tokenizers import build_qwen_tokenizer
-
-    tokenizer = build_qwen_tokenizer(words, PROMPT_TEMPLATE_START + cfg["model"]["max_sequence_length"], PROMPT_TEMPLATE)
-    ids = dict(bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.pad_token_id,
-               pad_token_id=tokenizer.pad_token_id)
-    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
-        text_config=dict(QWEN25_VL_7B["text"], **ids), vision_config=QWEN25_VL_7B["vision"]))
-    scheduler = FlowMatchEulerDiscreteScheduler(  # Qwen-Image's scheduler config
-        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9, shift=1.0,
-        shift_terminal=0.02, time_shift_type="exponential", use_dynamic_shifting=True)
-    return QwenImagePipeline(transformer=QwenImageTransformer2DModel(**QWEN_TRANSFORMER), scheduler=scheduler,
-                             vae=AutoencoderKLQwenImage(**QWEN_VAE), text_encoder=text_encoder, tokenizer=tokenizer)
+    cfg = {**cfg, "model": {**cfg["model"], "family": FAMILY_CONFIGS[part][0]}}
+    return build_pipeline(cfg, words, "tiny" if smoke else "paper", device)
 
 
 def family_config(part: str, smoke: bool, work: Path, reward_dir: Path, resolution, group_size) -> dict:
@@ -414,7 +310,7 @@ def fsdp_worker(args, work: Path) -> None:
     words = [p.text for p in load_prompts(cfg["prompts"]["train"], "prompts.train")]
     for algorithm in args.algorithms:
         torch.manual_seed(0)  # identical random weights on every process
-        pipe = flux_shaped_pipeline(args.smoke, device, words)
+        pipe = flux_shaped_pipeline(args.smoke, device, words, cfg)
         egrpo.train.trainer.load_pipeline = lambda cfg, model_dir=None, pipe=pipe: pipe
         trainer = egrpo.train.trainer.Trainer(cfg, algorithm, "shape", 0, None, str(work / "plan.json"),
                                       work / "out" / algorithm, work / "resume" / algorithm)

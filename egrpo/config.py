@@ -340,4 +340,5 @@ def _tiny_world_model(cfg: dict) -> bool:
 
 
 def profile_reward_setting(cfg: dict) -> str:
+    """The reward setting the profile measures: profile.reward_setting, else the first one."""
     return cfg["profile"]["reward_setting"] or next(iter(cfg["reward_settings"]))

@@ -41,6 +41,25 @@ def load_pipeline(cfg: dict, model_dir: str | os.PathLike | None = None):
     return pipe
 
 
+def build_pipeline(cfg: dict, texts: list[str], preset: str = "tiny", device=None, dtype=None):
+    """A pipeline of model.family's real classes with random weights, tokenizers built from `texts`:
+    preset `tiny` (sized by model.tiny; what `egrpo build-model` saves and the tests run) or `paper`
+    (the published shapes, egrpo/models/presets.py; built on `device` in `dtype`, bf16 by default)."""
+    import torch
+
+    family = cfg["model"].get("family") or "flux"
+    if preset == "tiny":
+        pipe = family_class(family).build_tiny(cfg, texts)
+        return pipe if device is None else pipe.to(device)
+    if preset == "paper":
+        from egrpo.models.presets import build_paper
+
+        pipe = build_paper(family, texts, torch.device(device or "cpu"), dtype or torch.bfloat16, cfg)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+    raise ValueError(f"preset: {preset!r} (tiny or paper)")
+
+
 def build_tiny_pipeline(cfg: dict, texts: list[str]):
     """A pipeline of tiny, randomly initialised instances of model.family's real classes."""
-    return family_class(cfg["model"].get("family") or "flux").build_tiny(cfg, texts)
+    return build_pipeline(cfg, texts, "tiny")

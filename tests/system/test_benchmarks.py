@@ -124,8 +124,8 @@ def test_gpu_e2e_smoke_runs_the_other_families_through_the_trainer():
 
 
 def test_gpu_e2e_builds_the_published_shapes_of_sd35_and_qwen_image():
-    """The paper-shape pipelines (built on the meta device: no memory) have the published sizes:
-    SD3.5-Medium's 2.24 B transformer with CLIP-L, CLIP-G and T5-XXL; Qwen-Image's 20.4 B transformer
+    """The paper-shape pipelines (egrpo/models/presets.py, built on the meta device: no memory) have the
+    published sizes: FLUX.1-dev's 11.9 B transformer with T5-XXL; SD3.5-Medium's 2.24 B transformer with CLIP-L, CLIP-G and T5-XXL; Qwen-Image's 20.4 B transformer
     with Qwen2.5-VL 7B (8.3 B with its vision tower)."""
     import importlib.util
 
@@ -144,3 +144,6 @@ def test_gpu_e2e_builds_the_published_shapes_of_sd35_and_qwen_image():
             billions(sd35.text_encoder_3)) == (2.24, 0.12, 0.69, 4.76)
     qwen = g.family_shaped_pipeline("qwenimage", False, torch.device("meta"), words, load(ROOT / "config/qwenimage.yaml"))
     assert (billions(qwen.transformer), billions(qwen.text_encoder), billions(qwen.vae)) == (20.43, 8.29, 0.13)
+    flux = g.flux_shaped_pipeline(False, torch.device("meta"), words, load(ROOT / "config/paper.yaml"))
+    assert (billions(flux.transformer), billions(flux.text_encoder_2)) == (11.9, 4.76)
+    assert flux.transformer.dtype == torch.bfloat16

@@ -6,7 +6,7 @@ import re
 import sys
 
 from egrpo.algorithms.facts import uses_plan
-from egrpo.config import check_overrides, coerce_strings, config_hash, input_problems
+from egrpo.config import check_overrides, coerce_strings, config_hash, input_problems, profile_reward_setting
 from egrpo.config import reward_names, write_resolved
 from egrpo.config import validate as egrpo_validate
 from egrpo.errors import ConfigError
@@ -45,7 +45,7 @@ CONFIG_FILE = str(write_resolved(config, f"{RESULTS}/configs"))
 SOURCE = config["model"]["source"]
 TINY = SOURCE == "tiny"
 MODEL_DIR = {"tiny": f"{RESULTS}/model", "pretrain": f"{RESULTS}/pretrain/tinyworld"}.get(SOURCE, config["model"]["path"])
-PROFILE_SETTING = config["profile"]["reward_setting"] or next(iter(config["reward_settings"]))
+PROFILE_SETTING = profile_reward_setting(config)
 
 
 wildcard_constraints:
