@@ -17,7 +17,9 @@ import warnings
 from pathlib import Path
 
 from egrpo import stages
+from egrpo.config import load
 from egrpo.errors import OutOfMemory, UserError
+from egrpo.runtime.io import atomic_write_text
 
 REQUIRED = object()
 
@@ -78,7 +80,6 @@ def _refuse_unchanged_oom_rerun(args, cfg):
     """A command that ran out of memory is refused when run again with the same arguments and the
     same config (a retry would fail the same way after the same minutes of loading): its message
     is kept in results/<experiment>/failures/ until a knob changes."""
-    from egrpo.runtime.io import atomic_write_text
 
     key = hashlib.sha256(json.dumps(args.argv).encode() + Path(args.config).read_bytes()).hexdigest()[:16]
     marker = Path("results") / cfg["experiment"] / "failures" / f"oom-{args.command}-{key}.txt"
@@ -97,7 +98,6 @@ def _run(args) -> None:
     stage = args.stage
     cfg = None
     if getattr(stage, "CONFIG", REQUIRED) is not None:
-        from egrpo.config import load
         cfg = load(args.config)
     if getattr(stage, "QUIET", True):
         _quiet_libraries()

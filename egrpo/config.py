@@ -17,6 +17,8 @@ import jsonschema
 import yaml
 
 from egrpo.errors import ConfigError, UserError
+from egrpo.rewards import REWARDS  # light: names and metadata only
+from egrpo.runtime.io import load_prompts
 from egrpo.runtime.paths import SCHEMA
 
 SCHEMA_PATH = SCHEMA
@@ -128,7 +130,6 @@ def validate(config: dict) -> dict:
 
 
 def _check_semantics(cfg: dict) -> None:
-    from egrpo.rewards import REWARDS  # light: names and metadata only
 
     n = cfg["sampling"]["num_steps"]
     for setting, weights in cfg["reward_settings"].items():
@@ -292,8 +293,6 @@ def _missing(key: str, path: str, what: str) -> str | None:
 def input_problems(cfg: dict) -> list[str]:
     """Every file the DAG will read that is not there (model, reward weights and tokenizers, prompt
     files), one line each; the Snakefile stops on them before any job starts (onstart)."""
-    from egrpo.runtime.io import load_prompts
-    from egrpo.rewards import REWARDS
 
     problems = []
     if cfg["model"]["source"] == "pretrained":

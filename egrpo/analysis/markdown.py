@@ -7,12 +7,12 @@ import pandas as pd
 
 from egrpo.analysis.claims import verdict_word
 from egrpo.analysis.tables import compute_caveats
+from egrpo.rewards import metric_label
 
 
 def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo") -> str:
     """The table as Markdown: mean ± std over seeds [the evaluation's SE], the best mean per metric
     in bold, % vs the baseline; notes below say what ± and SE are and when rows differ in compute."""
-    from egrpo.rewards import metric_label
 
     header = ["algorithm", "reward setting"] + [metric_label(m) for m in metrics]
     header += [f"Δ% vs {baseline} ({metric_label(m)})" for m in metrics]

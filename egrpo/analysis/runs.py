@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from egrpo.errors import UserError
+from egrpo.runtime.tracking import mlflow_for
 
 
 def gpu_hours(metrics: dict) -> float:
@@ -62,7 +63,6 @@ def per_policy_from_mlflow(cfg: dict, filter_string: str = "") -> pd.DataFrame:
     """The rows of `collect`, read from the MLflow store instead of the files: the latest finished
     evaluate run of each policy, joined with the latest finished train run of its (algorithm,
     reward setting, seed)."""
-    from egrpo.runtime.tracking import mlflow_for
 
     mlflow = mlflow_for(cfg)
     query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")

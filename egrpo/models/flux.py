@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from egrpo.models.base import Conditioning, Family, check_resolution, shifted_pipeline_sigmas
+from egrpo.models.tokenizers import build_tokenizers
 
 
 class Flux(Family):
@@ -35,8 +36,6 @@ class Flux(Family):
     def build_tiny(cls, cfg: dict, texts: list[str]):
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
         from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-        from egrpo.models.tokenizers import build_tokenizers
 
         t = cfg["model"]["tiny"]
         msl = cfg["model"]["max_sequence_length"]

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from egrpo.errors import UserError
+from egrpo.models.presets import build_paper
 from egrpo.models.registry import configured_family, family_class
 
 
@@ -52,7 +53,6 @@ def build_pipeline(cfg: dict, texts: list[str], preset: str = "tiny", device=Non
         pipe = family_class(family).build_tiny(cfg, texts)
         return pipe if device is None else pipe.to(device)
     if preset == "paper":
-        from egrpo.models.presets import build_paper
 
         pipe = build_paper(family, texts, torch.device(device or "cpu"), dtype or torch.bfloat16, cfg)
         pipe.set_progress_bar_config(disable=True)

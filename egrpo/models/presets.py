@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from egrpo.models.tokenizers import build_tokenizers
+from egrpo.models.qwenimage import PROMPT_TEMPLATE, PROMPT_TEMPLATE_START
+from egrpo.models.tokenizers import build_qwen_tokenizer, build_tokenizers
 
 # FLUX.1-dev's components other than the transformer (their published configs)
 T5_XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, feed_forward_proj="gated-gelu",
@@ -72,7 +73,12 @@ def flux_dev(words: list[str], device: torch.device, cfg: dict):
 
 def sd35_medium(words: list[str], device: torch.device, cfg: dict):
     """SD3.5-Medium's StableDiffusion3Pipeline (2.24 B transformer, CLIP-L, CLIP-G, T5-XXL)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     clip_tok, t5_tok = _tokenizers(words, 256)
@@ -88,12 +94,13 @@ def sd35_medium(words: list[str], device: torch.device, cfg: dict):
 
 def qwen_image(words: list[str], device: torch.device, cfg: dict):
     """Qwen-Image's QwenImagePipeline (20.4 B transformer, Qwen2.5-VL 7B)."""
-    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
-                           QwenImageTransformer2DModel)
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from egrpo.models.qwenimage import PROMPT_TEMPLATE, PROMPT_TEMPLATE_START
-    from egrpo.models.tokenizers import build_qwen_tokenizer
 
     tokenizer = build_qwen_tokenizer(words, PROMPT_TEMPLATE_START + cfg["model"]["max_sequence_length"], PROMPT_TEMPLATE)
     ids = dict(bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.pad_token_id,

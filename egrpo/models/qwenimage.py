@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 
 from egrpo.models.base import Conditioning, TrueCFG, check_resolution, shifted_pipeline_sigmas
+from egrpo.models.flux import rope_axes
+from egrpo.models.tokenizers import build_qwen_tokenizer
 
 # QwenImagePipeline's chat template and the number of its leading tokens it drops (its system
 # prompt: 34 tokens with Qwen2.5-VL's tokenizer); the tiny tokenizer gives the prefix as many
@@ -46,12 +48,13 @@ class QwenImage(TrueCFG):
 
     @classmethod
     def build_tiny(cls, cfg: dict, texts: list[str]):
-        from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
-                               QwenImageTransformer2DModel)
+        from diffusers import (
+            AutoencoderKLQwenImage,
+            FlowMatchEulerDiscreteScheduler,
+            QwenImagePipeline,
+            QwenImageTransformer2DModel,
+        )
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-        from egrpo.models.flux import rope_axes
-        from egrpo.models.tokenizers import build_qwen_tokenizer
 
         t = cfg["model"]["tiny"]
         torch.manual_seed(t["seed"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from egrpo.models.base import Conditioning, TrueCFG, check_resolution
+from egrpo.models.tokenizers import build_tokenizers
 
 
 class SD3(TrueCFG):
@@ -34,10 +35,13 @@ class SD3(TrueCFG):
 
     @classmethod
     def build_tiny(cls, cfg: dict, texts: list[str]):
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+        from diffusers import (
+            AutoencoderKL,
+            FlowMatchEulerDiscreteScheduler,
+            SD3Transformer2DModel,
+            StableDiffusion3Pipeline,
+        )
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
-        from egrpo.models.tokenizers import build_tokenizers
 
         t = cfg["model"]["tiny"]
         msl = cfg["model"]["max_sequence_length"]

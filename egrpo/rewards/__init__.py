@@ -13,6 +13,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+from egrpo.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class RewardSpec:
@@ -88,7 +90,6 @@ REWARDS: dict[str, RewardSpec] = {
 
 def build_reward(name: str, cfg: dict) -> Callable:
     if name not in REWARDS:
-        from egrpo.errors import ConfigError
         raise ConfigError(f"unknown reward {name!r}; expected one of {sorted(REWARDS)}")
     module, factory = REWARDS[name].target.split(":")
     return getattr(importlib.import_module(module), factory)(cfg)

@@ -15,7 +15,10 @@ from __future__ import annotations
 import torch
 
 from egrpo.errors import UserError
+from egrpo.rewards import preprocess
 from egrpo.rewards.common import WEIGHTS_DTYPE, compute_context, model_settings, reward_precision, scorer_device
+from egrpo.rewards.openclip import OpenCLIPScorer
+from egrpo.rewards.preprocess import openclip_tokenize
 from egrpo.runtime.device import select_device
 
 
@@ -41,7 +44,6 @@ class CLIPScorer:
 
     def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> the model's normalized input, from uint8 pixels as the originals see them."""
-        from egrpo.rewards import preprocess
 
         pixels = preprocess.to_uint8(images)
         if self.rules == "open_clip":
@@ -53,7 +55,6 @@ class CLIPScorer:
 
     def text_inputs(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         if self.rules == "open_clip":
-            from egrpo.rewards.preprocess import openclip_tokenize
             context = self.model.config.text_config.max_position_embeddings
             return {"input_ids": openclip_tokenize(self.processor.tokenizer, list(prompts), context)}
         inputs = self.processor(text=list(prompts), padding=True, truncation=True, return_tensors="pt")
@@ -86,7 +87,6 @@ def clip_score(cfg: dict):
     s = model_settings(cfg, "clip")
     precision = reward_precision("clip", s)
     if Path(s["path"]).is_file():
-        from egrpo.rewards.openclip import OpenCLIPScorer
         return OpenCLIPScorer(s["path"], s.get("processor"), s.get("arch") or "ViT-H-14", precision, letterbox=False,
                               device=select_device(cfg))
     return CLIPScorer(s["path"], s.get("processor"), scale_by_logit=False, precision=precision, rules="open_clip",

@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 from egrpo.errors import UserError
+from egrpo.rewards import preprocess
 from egrpo.rewards.common import WEIGHTS_DTYPE, compute_context, model_settings, reward_precision, scorer_device
+from egrpo.rewards.openclip import load_openclip_state  # the same safe reader
 from egrpo.runtime.device import select_device
 
 MEAN, STD = 0.16717362830052426, 1.0333394966054072   # ImageReward's normalization of the raw head output
@@ -113,8 +115,6 @@ def load_imagereward(path: str | Path, arch: str | dict = "ImageReward-v1.0"):
     from transformers.models.blip.modeling_blip import BlipVisionModel
     from transformers.models.blip.modeling_blip_text import BlipTextModel
 
-    from egrpo.rewards.openclip import load_openclip_state  # the same safe reader
-
     vision_state, text_state, head_state = split_state(load_openclip_state(path))
     vision_config, text_config = configs_from_state(vision_state, text_state, arch)
     vision = BlipVisionModel(vision_config)
@@ -149,7 +149,6 @@ class ImageRewardScorer:
 
     def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
         """ImageReward's `_transform` on the uint8 image: PIL bicubic short side, centre crop, normalize."""
-        from egrpo.rewards import preprocess
 
         return preprocess.normalize(preprocess.short_side_center_crop(preprocess.to_uint8(images), self.size))
 

@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 
 from egrpo.errors import UserError
+from egrpo.rewards import preprocess
 from egrpo.rewards.common import WEIGHTS_DTYPE, compute_context, model_settings, reward_precision, scorer_device
+from egrpo.rewards.preprocess import openclip_tokenize
 from egrpo.runtime.device import select_device
 
 # attention heads are the one thing the weights do not tell; ViT-H-14: 16 and 16
@@ -182,7 +184,6 @@ class OpenCLIPScorer:
         self.precision, self.letterbox = precision, letterbox
 
     def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
-        from egrpo.rewards import preprocess
 
         pixels = preprocess.to_uint8(images)
         resize = {"longest": preprocess.letterbox, "shortest": preprocess.short_side_center_crop,
@@ -192,7 +193,6 @@ class OpenCLIPScorer:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        from egrpo.rewards.preprocess import openclip_tokenize
 
         pixels = self.pixel_values(images).to(self.device, self.model.dtype)
         tokens = openclip_tokenize(self.tokenizer, list(prompts), self.context).to(self.device)

@@ -12,12 +12,12 @@ import pandas as pd
 import torch
 
 from egrpo.config import reward_names
-from egrpo.runtime.io import atomic_write_json, atomic_write_text, load_prompts
+from egrpo.errors import UserError
 from egrpo.models import FlowModel, family_of, load_pipeline, load_policy
 from egrpo.rewards import build_reward
-from egrpo.sampling import sample_images
+from egrpo.runtime.io import atomic_write_json, atomic_write_text, load_prompts
 from egrpo.runtime.tracking import stage_run
-
+from egrpo.sampling import sample_images
 
 NAME = "evaluate"
 HELP = "Sample a policy on the held-out prompts and score every reward."
@@ -74,7 +74,6 @@ def score_benchmark(model: FlowModel, cfg: dict, rewards: dict, num_steps: int) 
     ecfg = cfg["evaluate"]
     prompts = load_prompts(cfg["prompts"]["benchmark"], "prompts.benchmark")
     if not any(p.style for p in prompts):
-        from egrpo.errors import UserError
         raise UserError(f"prompts.benchmark: {cfg['prompts']['benchmark']} gives no style; use the benchmark.json "
                         "of `egrpo prompts` (or JSON with a style per prompt)")
     rows = []

@@ -1,6 +1,8 @@
 """`egrpo rewards`: the registered rewards, what each needs and which original it reproduces."""
 from __future__ import annotations
 
+from egrpo.rewards import REWARDS
+
 NAME = "rewards"
 HELP = "List the registered rewards, what each needs and which original it reproduces."
 CONFIG = None
@@ -11,7 +13,6 @@ def add_arguments(p) -> None:
 
 
 def run(args, cfg) -> None:
-    from egrpo.rewards import REWARDS
 
     for name, spec in REWARDS.items():
         print(f"{name:24s} {spec.description}\n{'':24s} needs: {spec.needs}")

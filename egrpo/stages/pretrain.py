@@ -38,10 +38,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from egrpo.models import FlowModel, build_tiny_pipeline, load_pipeline
+from egrpo.rewards.clip import CLIPScorer
 from egrpo.runtime.device import select_device
-from egrpo.runtime.io import atomic_dir, atomic_write_json
+from egrpo.runtime.io import Prompt, atomic_dir, atomic_write_json, load_prompts
+from egrpo.runtime.tracking import stage_run
+from egrpo.sampling import sample_images
 from egrpo.tinyworld import PALETTE, POSITIONS, SHAPES, SIZES, TEMPLATES, Scene, alignment, parse, render
-
 
 NAME = "pretrain"
 HELP = "Train the tiny world's base model (VAE + flow transformer) and its tinyclip reward."
@@ -257,8 +260,6 @@ def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: i
              the prompt, but draws tiny-world-like images, scores this)
     ceiling: the rendering of each caption's own scene
     """
-    from egrpo.sampling import sample_images
-    from egrpo.runtime.io import Prompt
 
     prompts = [p for p in prompts if parse(p) is not None]  # only tiny-world captions can be scored
     if not prompts:
@@ -282,9 +283,6 @@ def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: i
 
 def run_pretrain(cfg: dict, out_dir) -> dict:
     """Train the tiny world's VAE + flow transformer (-> out/tinyworld) and tinyclip (-> out/tinyclip)."""
-    from egrpo.runtime.io import load_prompts
-    from egrpo.models import FlowModel, build_tiny_pipeline, load_pipeline
-    from egrpo.runtime.tracking import stage_run
 
     pcfg, res = cfg["pretrain"], cfg["sampling"]["resolution"]
     out_dir = Path(out_dir)
@@ -367,7 +365,6 @@ def _tail(losses: list[float], n: int = 100) -> float:
 def tinyclip_retrieval(path, scenes: list[Scene], resolution: int, seed: int, n: int = 256) -> dict:
     """Top-1 caption retrieval of augmented renderings among n scenes (chance: 1/n), through the
     same scorer the reward uses."""
-    from egrpo.rewards.clip import CLIPScorer
 
     scorer = CLIPScorer(str(path), None, scale_by_logit=False)
     generator = torch.Generator().manual_seed(seed + 1)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from egrpo.algorithms.facts import ALGORITHMS, uses_plan
 from egrpo.errors import UserError
+from egrpo.runtime import launch
 
 NAME = "train"
 HELP = "GRPO training of one (algorithm, reward setting, seed)."
@@ -31,7 +32,6 @@ def add_arguments(p) -> None:
 
 
 def run(args, cfg) -> None:
-    from egrpo.runtime import launch
 
     argv = sys.argv[1:] if args.argv is None else args.argv
     if args.nodes > 1 and not launch.launched():   # this node's launcher (one srun task per node)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from egrpo.rewards import build_reward
 from egrpo.runtime.io import load_prompts
 from egrpo.sampling import sample_images
 
@@ -46,7 +47,6 @@ class HeldoutCurve:
     def measure(self, model) -> dict:
         """{heldout_<metric>: mean reward} of the model's current policy ({} on non-main processes)."""
         if self._prompts is None:
-            from egrpo.rewards import build_reward
             self._rewards = {r: build_reward(r, self.cfg) for r in self.h["metrics"]} if self.main else {}
             self._prompts = load_prompts(self.cfg["prompts"]["eval"], "prompts.eval")[:self.h["num_prompts"]]
         rounding, model.round_timesteps = model.round_timesteps, False  # as `egrpo evaluate` samples

@@ -28,6 +28,7 @@ import torch
 
 from egrpo.errors import PeerLost, UserError
 from egrpo.runtime.device import select_device
+from egrpo.train import sharding
 from egrpo.train.sampler import iteration_seed
 
 log = logging.getLogger("egrpo.train")
@@ -177,13 +178,11 @@ class Sharded(DataParallel):
         return True
 
     def shard_reference(self, module, compute_dtype, blocks):
-        from egrpo.train import sharding
 
         sharding.shard(module, compute_dtype, blocks=blocks)
 
     def make_masters(self, transformer, compute_dtype, blocks):
         """Each block becomes fp32 just before it is sharded, so no full fp32 copy exists."""
-        from egrpo.train import sharding
 
         sharding.shard(transformer, compute_dtype, master_dtype=torch.float32, blocks=blocks)
 
@@ -192,7 +191,6 @@ class Sharded(DataParallel):
 
     def policy_state(self, transformer):
         """Gathered from every process's shards onto the main one (a collective)."""
-        from egrpo.train import sharding
 
         return sharding.full_state_dict(transformer)
 
@@ -213,7 +211,6 @@ class Sharded(DataParallel):
 
     def clip_grad_norm(self, params, max_norm):
         """Sharded gradients were already averaged by FSDP at every backward."""
-        from egrpo.train import sharding
 
         return sharding.clip_grad_norm(params, max_norm)
 

@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 
 from egrpo.errors import UserError
+from egrpo.models import trainable_state_dict
 from egrpo.runtime.io import atomic_dir
+from egrpo.train import sharding
 
 log = logging.getLogger("egrpo.train.resume")
 
@@ -43,10 +45,7 @@ class ResumeState:
         sharded, else the main process only)."""
         from safetensors.torch import save_file
 
-        from egrpo.models import trainable_state_dict
-
         if self.sharded:
-            from egrpo.train import sharding
             sharding.save_sharded(transformer, optimizer, self.state_dir,
                                   lambda tmp: (tmp / "state.json").write_text(json.dumps(state)), extra=extra)
             return
@@ -70,7 +69,6 @@ class ResumeState:
             raise UserError(f"--resume-dir: the resume state in {self.state_dir} was written {how(written_sharded)} and "
                             f"this run is {how(self.sharded)}; run it as it was, or delete the folder to start over")
         if self.sharded:
-            from egrpo.train import sharding
             sharding.load_sharded(transformer, optimizer, self.state_dir, extra=extra)
         else:
             weights = load_file(str(self.state_dir / "weights.safetensors"))

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from egrpo.runtime.io import as_created, replace_dir
+
 
 def block_lists(transformer, names=("transformer_blocks", "single_transformer_blocks")) -> list[torch.nn.ModuleList]:
     """The transformer's lists of blocks (`Family.block_lists`: FLUX's double- and single-stream
@@ -92,8 +94,6 @@ def save_sharded(module: torch.nn.Module, optimizer: torch.optim.Optimizer, dire
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    from egrpo.runtime.io import as_created, replace_dir
 
     main = dist.get_rank() == 0
     tmp = None
