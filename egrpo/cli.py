@@ -105,7 +105,7 @@ def _run(args) -> None:
     if phase is None:
         stage.run(args, cfg)
         return
-    from egrpo.runtime.device import memory_phase, set_stage
+    from egrpo.runtime.device import memory_phase, set_stage  # here: torch, for the stages that run a model
 
     set_stage(args.command)
     # the trainer names its own phases; what runs outside them: loading, or the stage's sampling

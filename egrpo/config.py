@@ -323,7 +323,7 @@ def input_problems(cfg: dict) -> list[str]:
 
 def _tiny_world_prompts(prompts) -> bool:
     """Every prompt is a tiny-world caption ("a small red circle on the left of a blue background")."""
-    from egrpo.tinyworld import parse
+    from egrpo.tinyworld import parse  # here: it imports torch, which `snakemake -n` does not need
 
     return bool(prompts) and all(parse(p.text) is not None for p in prompts)
 

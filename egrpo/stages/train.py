@@ -49,7 +49,7 @@ def run(args, cfg) -> None:
 
 def run_train(cfg, algorithm, reward_setting, seed, model_dir, plan_path, out_dir, resume_dir) -> dict | None:
     """Train one run; its metrics (None on the processes other than the main one)."""
-    from egrpo.train.trainer import Trainer
+    from egrpo.train.trainer import Trainer  # here: a node launcher (several nodes) never trains itself
 
     if reward_setting not in cfg["reward_settings"]:
         raise UserError(f"--reward-setting: {reward_setting!r} is not a key of reward_settings ({sorted(cfg['reward_settings'])})")
