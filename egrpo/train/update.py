@@ -1,6 +1,12 @@
 """The update phase of an iteration: PPO-clip (+ KL to the reference) over the transitions stored at
 rollout time, one optimizer step per unit of the algorithm's `update_units` (per plan entry, every n
-samples, n per iteration, or once), `train.inner_epochs` times. The math is egrpo/sde.py's."""
+samples, n per iteration, or once), `train.inner_epochs` times. The math is egrpo/sde.py's.
+
+A unit's loss is the mean PPO(+KL) term over its (member, transition) pairs: each transition's mean
+term weighted by its share of the unit's pairs. `train.transitions_per_forward` > 1 evaluates up to
+that many transitions of one group (one prompt's conditioning) in one forward, their states stacked
+with one sigma per row, and backpropagates their weighted sum once: the same loss and gradients as
+one forward and backward per transition, in fewer, larger calls."""
 from __future__ import annotations
 
 import logging
@@ -18,6 +24,7 @@ class PPOUpdate:
         self.model, self.algo, self.trainable = model, algorithm, trainable
         self.processes, self.accelerator = processes, accelerator
         self.inner_epochs, self.clip_range = tcfg["inner_epochs"], tcfg["clip_range"]
+        self.per_forward = tcfg.get("transitions_per_forward", 1)
 
     def __call__(self, rollout, advantages: list[torch.Tensor], state) -> UpdateStats:
         stats = UpdateStats()
@@ -27,14 +34,52 @@ class PPOUpdate:
             for u, pad in enumerate(padding):
                 unit = units[u] if u < len(units) else []
                 pairs = sum(tr.x_to.shape[0] for _, tr in unit)
-                for gi, tr in unit:
-                    group = rollout.groups[gi]
-                    self.train_transition(tr, advantages[gi], rollout.conds[group.prompt_index],
-                                          tr.x_to.shape[0] / pairs, stats, first_epoch=epoch == 0)
+                for chunk in self.chunks(unit, rollout):
+                    if len(chunk) == 1:
+                        gi, tr = chunk[0]
+                        self.train_transition(tr, advantages[gi], rollout.conds[rollout.groups[gi].prompt_index],
+                                              tr.x_to.shape[0] / pairs, stats, first_epoch=epoch == 0)
+                    else:
+                        self.train_transitions(chunk, advantages, rollout, pairs, stats, first_epoch=epoch == 0)
                 for _ in range(pad):
                     self.pad_transition(rollout, advantages, stats)
                 stats.grad_norms.append(self.trainable.step(state))
         return stats
+
+    def chunks(self, unit: list, rollout) -> list[list]:
+        """Consecutive transitions of the unit that share a prompt, at most `per_forward` each."""
+        out = []
+        for gi, tr in unit:
+            prompt = rollout.groups[gi].prompt_index
+            if out and len(out[-1]) < self.per_forward and rollout.groups[out[-1][0][0]].prompt_index == prompt:
+                out[-1].append((gi, tr))
+            else:
+                out.append([(gi, tr)])
+        return out
+
+    def train_transitions(self, chunk: list, advantages: list[torch.Tensor], rollout, pairs: int, stats: UpdateStats,
+                          first_epoch: bool) -> None:
+        """Several transitions of one prompt in one forward (one sigma per row) and one backward of
+        their terms, each weighted by its share of the unit's pairs, as `train_transition` does one."""
+        algo, model = self.algo, self.model
+        cond = rollout.conds[rollout.groups[chunk[0][0]].prompt_index]
+        rows = [tr.x_from.shape[0] for _, tr in chunk]
+        x = torch.cat([tr.x_from for _, tr in chunk])
+        sigma = torch.cat([torch.full((n,), float(algo.sigmas[tr.i]), dtype=torch.float64, device=model.device)
+                           for n, (_, tr) in zip(rows, chunk)])
+        v_all = model.velocity(x, sigma, cond)
+        v_ref_all = model.velocity(x, sigma, cond, reference=True) if algo.kl_beta > 0 else None
+        total = None
+        for k, ((gi, tr), v, x_from) in enumerate(zip(chunk, v_all.split(rows), x.split(rows))):
+            v_ref = None if v_ref_all is None else v_ref_all.split(rows)[k]
+            loss = self.transition_loss(tr, advantages[gi], v, v_ref, stats, first_epoch)
+            if loss is not None:
+                term = loss * (tr.x_to.shape[0] / pairs)
+                total = term if total is None else total + term
+        if total is None:
+            self.processes.zero_backward(v_all)
+        else:
+            self.accelerator.backward(total)
 
     def pad_transition(self, rollout, advantages: list[torch.Tensor], stats: UpdateStats) -> None:
         """A forward and backward with weight 0 (the first transition of this process's rollout): the
@@ -49,6 +94,20 @@ class PPOUpdate:
     def train_transition(self, tr, group_advantages: torch.Tensor, cond, weight: float, stats: UpdateStats,
                          first_epoch: bool) -> None:
         """Backward of one transition's mean PPO(+KL) term times `weight`, its share of the unit's pairs."""
+        algo, model = self.algo, self.model
+        sigma = float(algo.sigmas[tr.i])
+        v = model.velocity(tr.x_from, sigma, cond)
+        v_ref = model.velocity(tr.x_from, sigma, cond, reference=True) if algo.kl_beta > 0 else None
+        loss = self.transition_loss(tr, group_advantages, v, v_ref, stats, first_epoch)
+        if loss is None:
+            self.processes.zero_backward(v)
+            return
+        self.accelerator.backward(loss * weight)
+
+    def transition_loss(self, tr, group_advantages: torch.Tensor, v: torch.Tensor, v_ref: torch.Tensor | None,
+                        stats: UpdateStats, first_epoch: bool) -> torch.Tensor | None:
+        """The mean PPO(+KL) term of one transition from its velocity (and the reference's), with its
+        statistics recorded; None (and counted as skipped) when it is not finite."""
         algo, model, clip_range = self.algo, self.model, self.clip_range
         device = model.device
         adv = group_advantages[torch.as_tensor(tr.member_ids(), device=group_advantages.device)].to(device)
@@ -57,14 +116,11 @@ class PPOUpdate:
         stats.dropped += int((~keep).sum()) if first_epoch else 0
         adv = torch.where(keep, adv, torch.zeros_like(adv))
         logp_old = torch.where(keep, logp_old, torch.zeros_like(logp_old))
-        sigma = float(algo.sigmas[tr.i])
-        v = model.velocity(tr.x_from, sigma, cond)
         mean, std = algo.mean_std(tr.x_from, v, algo.sigmas, tr.i, tr.j, algo.eta)
         logp_new = sde.gaussian_log_prob(tr.x_to, mean.expand_as(tr.x_to), std)
         logp_new = torch.where(keep, logp_new, torch.zeros_like(logp_new))
         loss, ratio = sde.ppo_clip_loss(logp_new, logp_old, adv, clip_range)
-        if algo.kl_beta > 0:
-            v_ref = model.velocity(tr.x_from, sigma, cond, reference=True)
+        if v_ref is not None:
             mean_ref, _ = algo.mean_std(tr.x_from, v_ref, algo.sigmas, tr.i, tr.j, algo.eta)
             kl = sde.kl_to_reference(mean, mean_ref, std, algo.sigmas, tr.i, tr.j, algo.kl_divisor).mean()
             stats.kls.append(float(kl.detach()))
@@ -72,9 +128,7 @@ class PPOUpdate:
         if not torch.isfinite(loss):  # skip it; gradients accumulated so far are kept
             stats.skipped += 1
             log.warning("non-finite loss at transition %d -> %d, skipped", tr.i, tr.j)
-            self.processes.zero_backward(v)
-            return
-        self.accelerator.backward(loss * weight)
+            return None
         stats.losses.append(float(loss.detach()))
         stats.pairs += int(keep.sum())
         r = ratio.detach()[keep]
@@ -85,3 +139,4 @@ class PPOUpdate:
             stats.clipped_after.append(clipped)
         else:
             stats.first_dev.append((r - 1).abs())
+        return loss

@@ -452,3 +452,48 @@ def test_measuring_the_heldout_curve_does_not_change_training(tmp_path, tiny_mod
     assert runs["plain"]["forward_equivalents"] == runs["measured"]["forward_equivalents"]
     wa, wb = (load_file(str(tmp_path / n / "o/checkpoint/lora.safetensors")) for n in ("plain", "measured"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("algorithm,finetune", [("dancegrpo", "lora"), ("mixgrpo", "lora"), ("flowgrpo", "full")])
+def test_batched_transitions_give_the_one_by_one_loss_and_gradients(tmp_path, tiny_model_dir, algorithm, finetune):
+    """train.transitions_per_forward > 1 stacks a group's transitions into one forward (one sigma per
+    row) and one backward: every optimizer step sees the gradients of the one-by-one path (1e-6 of
+    their scale) and the logged loss, ratios and counts are the same. (Weights after AdamW's first step
+    are not compared: it divides by the gradient's own size, so where a gradient is ~0 the sign of a
+    1e-9 rounding difference moves that weight by up to the learning rate either way.)"""
+    import torch
+
+    from egrpo.train.trainer import Trainer
+
+    runs = {}
+    for per_forward in (1, 64):
+        cfg = train_cfg(tmp_path / str(per_forward), iterations=1, finetune=finetune,
+                        transitions_per_forward=per_forward)
+        cfg["sampling"]["num_steps"] = 8   # several trained steps per member: something to stack
+        trainer = Trainer(cfg, algorithm, "color", 0, str(tiny_model_dir), None, tmp_path / f"o{per_forward}",
+                          tmp_path / f"r{per_forward}")
+        calls, grads, step = [], [], trainer.trainable.step
+
+        def recording_step(state, trainer=trainer, grads=grads, step=step):
+            grads.append([torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                          for p in trainer.trainable.params])
+            return step(state)
+
+        forward = trainer.model.velocity
+        trainer.model.velocity = lambda *a, calls=calls, forward=forward, **k: calls.append(1) or forward(*a, **k)
+        trainer.trainable.step = recording_step
+        row = trainer.iteration(0)
+        runs[per_forward] = (row, grads, len(calls))
+    (one, one_grads, one_calls), (batched, grads, batched_calls) = runs[1], runs[64]
+    assert batched_calls < one_calls, "fewer, larger forwards"
+    assert len(grads) == len(one_grads) == one["optimizer_steps"] >= 1
+    for step_a, step_b in zip(one_grads, grads):
+        scale = max(float(g.abs().max()) for g in step_a)
+        assert scale > 0
+        assert max(float((a - b).abs().max()) for a, b in zip(step_a, step_b)) <= 1e-6 * scale
+    # the PPO term is a mean of advantage-weighted ratios whose advantages sum to zero: the loss nearly
+    # cancels (~1e-4 here), so it is compared to 1e-8 absolute, 1e-6 of its terms' scale (|A| ~ 1)
+    for key in ("loss", "kl", "ratio_mean", "ratio_abs_dev_first", "clip_fraction"):
+        assert one[key] == pytest.approx(batched[key], rel=1e-6, abs=1e-8, nan_ok=True), key
+    for key in ("nfe_train", "nfe_reference", "nfe_train_expected", "trained_pairs", "optimizer_steps"):
+        assert one[key] == batched[key], key
