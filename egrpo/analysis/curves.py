@@ -83,7 +83,7 @@ def heldout_panels(table: pd.DataFrame, points: int = 50) -> tuple[float, list[d
     panels = []
     for metric in metrics:
         for setting in settings:
-            column, lines, at_budget = f"heldout_{metric}", {}, {}
+            column, lines, at_budget, per_seed = f"heldout_{metric}", {}, {}, {}
             for algorithm in algorithms:
                 mine = table[(table["algorithm"] == algorithm) & (table["reward_setting"] == setting)]
                 mine = mine[mine.groupby("seed")[column].transform(lambda v: v.notna().all())]
@@ -93,6 +93,9 @@ def heldout_panels(table: pd.DataFrame, points: int = 50) -> tuple[float, list[d
                 grid = np.linspace(0, end, points)
                 ys = on_grid(mine, grid, column)
                 lines[algorithm] = {"grid": grid, "mean": ys.mean(0), "lo": ys.min(0), "hi": ys.max(0), "runs": len(ys)}
-                at_budget[algorithm] = float(on_grid(mine, np.array([budget]), column)[:, 0].mean())
-            panels.append({"metric": metric, "setting": setting, "lines": lines, "at_budget": at_budget})
+                values = on_grid(mine, np.array([budget]), column)[:, 0]
+                at_budget[algorithm] = float(values.mean())
+                per_seed[algorithm] = dict(zip(sorted(mine["seed"].unique()), map(float, values)))
+            panels.append({"metric": metric, "setting": setting, "lines": lines, "at_budget": at_budget,
+                           "per_seed": per_seed})
     return budget, panels

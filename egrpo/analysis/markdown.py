@@ -6,19 +6,23 @@ import math
 import pandas as pd
 
 from egrpo.analysis.claims import verdict_word
+from egrpo.analysis.paired import best_at_equal_compute, verdict
 from egrpo.analysis.tables import compute_caveats
 from egrpo.rewards import metric_label
 
 
-def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo") -> str:
-    """The table as Markdown: mean ± std over seeds [the evaluation's SE], the best mean per metric
-    in bold, % vs the baseline; notes below say what ± and SE are and when rows differ in compute."""
-
+def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo", cmp: pd.DataFrame | None = None,
+             base_note: str = "", tolerance: float = 0.1) -> str:
+    """The table as Markdown: mean ± std over seeds [the evaluation's SE]; Δ% vs the baseline only for
+    rows at its compute; bold only for a row better than every other trained row of its setting by
+    the paired comparisons (egrpo/analysis/paired.py), each at equal compute; then the comparisons
+    themselves and notes on what ±, SE and the base row are."""
     header = ["algorithm", "reward setting"] + [metric_label(m) for m in metrics]
     header += [f"Δ% vs {baseline} ({metric_label(m)})" for m in metrics]
     header += ["NFE", "fwd-equiv", "wall s", "GPU h", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    best = {m: table[f"{m}_mean"].max() for m in metrics}
+    bold = best_at_equal_compute(cmp) if cmp is not None else set()
+    fe = {(r["algorithm"], r["reward_setting"]): r.get("forward_equivalents") for _, r in table.iterrows()}
     fmt = lambda v, spec: "" if pd.isna(v) else format(v, spec)
     for _, row in table.iterrows():
         cells = [row["algorithm"], row["reward_setting"]]
@@ -26,16 +30,35 @@ def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo
             text = f"{row[f'{m}_mean']:.4f}" + ("" if pd.isna(row[f"{m}_std"]) else f" ± {row[f'{m}_std']:.4f}")
             se = row[f"{m}_eval_se"]
             text += "" if pd.isna(se) else f" [SE {se:.4f}]"
-            cells.append(f"**{text}**" if row[f"{m}_mean"] == best[m] else text)
-        cells += [fmt(row[f"{m}_vs_{baseline}_pct"], "+.1f") for m in metrics]
+            cells.append(f"**{text}**" if (row["reward_setting"], m, row["algorithm"]) in bold else text)
+        own, ref = fe.get((row["algorithm"], row["reward_setting"])), fe.get((baseline, row["reward_setting"]))
+        equal = own is not None and ref and not pd.isna(own) and abs(own / ref - 1) <= tolerance
+        cells += [fmt(row[f"{m}_vs_{baseline}_pct"], "+.1f") if equal else "" for m in metrics]
         cells += [fmt(row.get("nfe_total"), ".0f"), fmt(row.get("forward_equivalents"), ".0f"),
                   fmt(row.get("wall_s"), ".1f"), fmt(row.get("gpu_hours"), ".2f"), str(int(row["seeds"]))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     has_se = any(table[f"{m}_eval_se"].notna().any() for m in metrics)
-    notes = ["", "± std over seeds; " + ("[SE] the evaluation's standard error of one policy's mean (per-prompt "
-             "means), averaged over seeds: two rows whose means differ by less than about 2 SE are within "
-             "evaluation noise. " if has_se else "") + "Bold: the highest mean."]
+    notes = ["", "± std over seeds; " + ("[SE] the evaluation's standard error of one row's mean (per-prompt "
+             "means), averaged over seeds; a difference of two rows has a much smaller paired SE (below). "
+             if has_se else "") + f"Δ% only for rows at {baseline}'s compute (forward-equivalents within "
+             f"{tolerance:.0%}). Bold: better than every other trained row of its reward setting at equal compute "
+             "(paired, beyond 2 SE)" + ("." if cmp is not None else "; nothing is bold without the per-image "
+                                        "scores (the report has them, MLflow alone does not).")]
+    if base_note:
+        notes.append(base_note)
     notes += compute_caveats(table, baseline)
+    if cmp is not None and not cmp.empty:
+        notes += ["", "## Paired comparisons (same prompts, same noise)", "",
+                  "difference of means; paired SE over prompts (evaluation noise), seed SE over seeds (training "
+                  "noise, with 2 or more); verdict on the larger SE: better / worse beyond 2 SE, else within noise.",
+                  ""]
+        for (setting, metric), g in cmp.groupby(["reward_setting", "metric"], sort=False):
+            notes.append(f"- {setting}, {metric_label(metric)}:")
+            for _, c in g.iterrows():
+                seed = "" if pd.isna(c["seed_se"]) else f", seed SE {c['seed_se']:.4f} over {c['seeds']} seeds"
+                compute = "" if c["equal_compute"] else f" (compute ratio {c['compute_ratio']:.2f})"
+                notes.append(f"  - {c['algorithm']} vs {c['against']}: {c['difference']:+.4f} (paired SE "
+                             f"{c['paired_se']:.4f} over {c['prompts']} prompts{seed}): {c['verdict']}{compute}")
     return "\n".join(lines + notes) + "\n"
 
 
@@ -48,13 +71,22 @@ def _short(value: float) -> str:
 
 
 def heldout_line(panel: dict, budget: float, several_settings: bool) -> str:
-    """One panel's verdict line: every algorithm's held-out value at the common budget."""
+    """One panel's verdict line: every algorithm's held-out value at the common budget (mean over
+    seeds), and the top two's difference with its SE over the seeds both have and a verdict."""
     at_budget = panel["at_budget"]
     said = ", ".join(f"{k} {v:.4g}" for k, v in at_budget.items())
     where = f" ({panel['setting']})" if several_settings else ""
     line = f"held-out {panel['metric']}{where} at equal compute ({_short(budget)} forward-equivalents): {said}"
     if len(at_budget) > 1:
-        line += f"; highest: {max(at_budget, key=lambda k: at_budget[k])}"
+        first, second = sorted(at_budget, key=lambda k: -at_budget[k])[:2]
+        a, b = panel["per_seed"][first], panel["per_seed"][second]
+        diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+        if len(diffs) < 2:
+            line += f"; {first} - {second}: {at_budget[first] - at_budget[second]:+.3g} (fewer than 2 common seeds: no verdict)"
+        else:
+            se = float(pd.Series(diffs).std(ddof=1) / math.sqrt(len(diffs)))
+            mean = sum(diffs) / len(diffs)
+            line += f"; {first} - {second}: {mean:+.3g} (SE {se:.2g} over {len(diffs)} seeds): {verdict(mean, se)}"
     return line
 
 

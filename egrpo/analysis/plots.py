@@ -118,6 +118,7 @@ def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8, min_size
         draw.text((4, y + h // 2 - 5), label, fill="black")
         if known:
             draw.text((4, y + h // 2 + 7), f"{metric} {sum(known) / len(known):.3f}", fill="black")
+            draw.text((4, y + h // 2 + 19), f"(mean of these {len(known)})", fill="black")
         for c, (img, score) in enumerate(zip(images, scores)):
             x = label_w + c * (w + pad)
             canvas.paste(img.resize((w, h), Image.NEAREST), (x, y))
@@ -192,7 +193,7 @@ def plot_training(train_logs: list[str], path, x: str = "nfe_total") -> None:
     plt.close(fig)
 
 
-def plot_heldout(budget: float, panels: list[dict], lines: list[str], path) -> None:
+def plot_heldout(budget: float, panels: list[dict], lines: list[str], path, set_note: str = "") -> None:
     """The held-out curves (train.heldout) against forward-equivalents, mean over seeds per algorithm
     with a min-max band, one panel per held-out metric and reward setting (curves.heldout_panels),
     each titled with its verdict line and marked at the common budget; a note when nothing was measured."""
@@ -223,7 +224,8 @@ def plot_heldout(budget: float, panels: list[dict], lines: list[str], path) -> N
         ax.set_xlabel("forward-equivalents (rollout + 3 x train fwd+bwd)\ndotted: the common budget")
         ax.set_ylabel(f"held-out {panel['metric']} (mean over seeds)")
         ax.legend(fontsize=8)
-    fig.suptitle("Held-out reward against compute (train.heldout; band: min-max over seeds)", fontsize=10)
+    fig.suptitle("Held-out reward against compute (train.heldout; band: min-max over seeds; 0 = the base model"
+                 + (f"; {set_note})" if set_note else ")"), fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)

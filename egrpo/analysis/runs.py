@@ -94,6 +94,26 @@ def per_policy_from_mlflow(cfg: dict, filter_string: str = "") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def policy_identity(name: str) -> dict:
+    """algorithm, reward_setting, seed of an evaluated policy's name (base: the base model)."""
+    if name == "base":
+        return {"algorithm": "base", "reward_setting": "-", "seed": None}
+    algorithm, reward_setting, seed = name.rsplit("-", 2)
+    return {"algorithm": algorithm, "reward_setting": reward_setting, "seed": int(seed.removeprefix("seed"))}
+
+
+def eval_scores(eval_summaries: list[str]) -> pd.DataFrame:
+    """Every image's scores of every evaluated policy (scores.csv beside each summary.json), with the
+    policy's identity: the rows that paired comparisons join on (prompt_index, image_index)."""
+    frames = []
+    for path in eval_summaries:
+        scores = Path(path).parent / "scores.csv"
+        name = json.loads(Path(path).read_text())["name"]
+        if scores.is_file():
+            frames.append(pd.read_csv(scores).assign(policy=name, **policy_identity(name)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def heldout_table(train_metrics: list[dict]) -> pd.DataFrame:
     """Long table of every run's held-out curve: algorithm, reward_setting, seed, iteration,
     forward_equivalents, wall_s and one heldout_<metric> column per measured metric (empty when no

@@ -9,7 +9,8 @@ import pandas as pd
 
 from egrpo.analysis import curves, plots
 from egrpo.analysis.markdown import heldout_line, markdown
-from egrpo.analysis.runs import collect, heldout_table, per_style_table
+from egrpo.analysis.paired import comparisons
+from egrpo.analysis.runs import collect, eval_scores, heldout_table, per_style_table
 from egrpo.analysis.tables import requeue_note, summary_table
 from egrpo.config import reward_names
 from egrpo.runtime.io import atomic_write_text
@@ -34,7 +35,7 @@ def run(args, cfg) -> None:
     run_report(cfg, args.profile, args.plan, args.train_metrics, args.eval_summaries, args.out)
 
 
-def heldout_figure(train_metrics: list[str], path) -> str:
+def heldout_figure(train_metrics: list[str], path, set_note: str = "") -> str:
     """heldout_vs_compute.png: every algorithm's held-out curve, read at the common budget; returns
     the verdict lines ('' without curves)."""
     table = heldout_table([json.loads(Path(p).read_text()) for p in train_metrics])
@@ -44,8 +45,23 @@ def heldout_figure(train_metrics: list[str], path) -> str:
     budget, panels = curves.heldout_panels(table)
     several = table["reward_setting"].nunique() > 1
     lines = [heldout_line(panel, budget, several) for panel in panels]
-    plots.plot_heldout(budget, panels, lines, path)
+    plots.plot_heldout(budget, panels, lines, path, set_note)
     return "\n".join(lines)
+
+
+def base_notes(cfg: dict, eval_summaries: list[str]) -> dict:
+    """What the base model's numbers are measured on, in the table and in the held-out figure: two
+    different sets of prompts and noise, so their values differ by design."""
+    base = [json.loads(Path(p).read_text()) for p in eval_summaries if Path(p).parent.name == "base"]
+    h = cfg["train"]["heldout"]
+    heldout = f"held-out set: the first {h['num_prompts']} eval prompts x {h['images_per_prompt']} images, seed {h['seed']}"
+    table = ""
+    if base:
+        b = base[0]
+        table = (f"The base row is the evaluation set ({b['num_prompts']} eval prompts x {b['images_per_prompt']} "
+                 f"images, seed {cfg['evaluate']['seed']}, {b['num_steps']} steps); the held-out curve's point at 0 "
+                 f"is the same base on the {heldout}, and the image grid's row means cover the images shown.")
+    return {"table": table, "heldout": heldout}
 
 
 def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries, out_dir) -> pd.DataFrame:
@@ -55,9 +71,14 @@ def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries,
         per_policy = collect(train_metrics, eval_summaries)
         table = summary_table(per_policy, metrics)
         atomic_write_text(out_dir / "table.csv", table.to_csv(index=False))
-        heldout = heldout_figure(list(train_metrics), out_dir / "heldout_vs_compute.png")
-        atomic_write_text(out_dir / "table.md", markdown(table, metrics) + requeue_note(per_policy)
-                          + (f"\n{heldout}\n" if heldout else ""))
+        scores = eval_scores(eval_summaries)
+        cmp = comparisons(scores, table, metrics) if not scores.empty else None
+        if cmp is not None:
+            atomic_write_text(out_dir / "comparisons.csv", cmp.to_csv(index=False))
+        notes = base_notes(cfg, eval_summaries)
+        heldout = heldout_figure(list(train_metrics), out_dir / "heldout_vs_compute.png", notes["heldout"])
+        atomic_write_text(out_dir / "table.md", markdown(table, metrics, cmp=cmp, base_note=notes["table"])
+                          + requeue_note(per_policy) + (f"\n{heldout}\n" if heldout else ""))
         atomic_write_text(out_dir / "policies.csv", per_policy.to_csv(index=False))
         profile = pd.read_csv(profile_csv)
         plots.plot_entropy_plan(profile, json.loads(Path(plan_json).read_text()), out_dir / "entropy_plan.png")

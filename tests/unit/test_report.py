@@ -30,9 +30,9 @@ def test_table_shows_evaluation_se_and_says_when_compute_differs():
     table = summary_table(per_policy(egrpo_fe=2700.0), ["hps"])
     assert table.set_index("algorithm").loc["egrpo", "hps_eval_se"] == pytest.approx(0.04)
     md = markdown(table, ["hps"])
-    assert "| egrpo | h | **0.3400 ± 0.0283 [SE 0.0400]** |" in md
+    assert "| egrpo | h | 0.3400 ± 0.0283 [SE 0.0400] |  |" in md   # no bold, no Δ%: not at equal compute
     assert "| base | - | 0.2000 [SE 0.0100] |" in md
-    assert "about 2 SE are within evaluation noise" in md
+    assert "[SE] the evaluation's standard error of one row's mean" in md
     assert "Not equal compute (h): forward-equivalents relative to dancegrpo: egrpo 2.70x." in md
     assert compute_caveats(summary_table(per_policy(egrpo_fe=1050.0), ["hps"])) == []   # within 10%
 
@@ -43,7 +43,7 @@ def test_unknown_evaluation_se_is_an_empty_cell_not_a_missing_column():
     without = per_policy(egrpo_fe=1000.0).drop(columns="hps_se")
     table = summary_table(without, ["hps"])
     assert "hps_eval_se" in table and table["hps_eval_se"].isna().all()
-    assert "SE" not in markdown(table, ["hps"])
+    assert "[SE" not in markdown(table, ["hps"])
 
 
 def test_the_table_counts_the_requeues_of_runs_stopped_at_a_time_limit():
@@ -76,8 +76,12 @@ def test_heldout_curves_are_read_at_the_common_budget(tmp_path):
     paths = [run("egrpo", 0, [0, 100, 200], [0.1, 0.5, 0.6]), run("egrpo", 1, [0, 100, 200], [0.1, 0.3, 0.4]),
              run("dancegrpo", 0, [0, 50], [0.1, 0.2])]
     line = heldout_figure(paths, tmp_path / "h.png")
-    # budget 50: egrpo seeds 0.3 and 0.2 (mean 0.25), dancegrpo 0.2
-    assert line == "held-out alignment at equal compute (50 forward-equivalents): egrpo 0.25, dancegrpo 0.2; highest: egrpo"
+    # budget 50: egrpo seeds 0.3 and 0.2 (mean 0.25), dancegrpo 0.2; one seed in common: no verdict
+    assert line == ("held-out alignment at equal compute (50 forward-equivalents): egrpo 0.25, dancegrpo 0.2; "
+                    "egrpo - dancegrpo: +0.05 (fewer than 2 common seeds: no verdict)")
+    paths.append(run("dancegrpo", 1, [0, 50], [0.1, 0.15]))   # now seeds 0 and 1: +0.1, +0.05
+    line = heldout_figure(paths, tmp_path / "h2.png")
+    assert line.endswith("egrpo - dancegrpo: +0.075 (SE 0.025 over 2 seeds): better")
     assert (tmp_path / "h.png").stat().st_size > 0
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps({"algorithm": "egrpo", "reward_setting": "color", "seed": 0, "heldout_curve": []}))
