@@ -62,6 +62,24 @@ def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo
     return "\n".join(lines + notes) + "\n"
 
 
+def per_task_markdown(table: pd.DataFrame, metric: str = "judge") -> str:
+    """The compositional world's scores per task, one column per task and split (held-out
+    compositions apart), rows per algorithm and reward setting: mean ± std over seeds."""
+    if table.empty or metric not in set(table["metric"]):
+        return ""
+    t = table[table["metric"].isin([metric, f"{metric}_accuracy"])]
+    groups = list(dict.fromkeys(t["group"]))
+    lines = ["", f"## Per task: {metric} (share of what each prompt asks; accuracy = all of it)", "",
+             "| algorithm | reward setting | value | " + " | ".join(g.split(":", 1)[-1] for g in groups) + " |",
+             "|---|---|---|" + "---|" * len(groups)]
+    for (algorithm, setting, m), g in t.groupby(["algorithm", "reward_setting", "metric"], sort=False):
+        cells = {r["group"]: f"{r['mean']:.3f}" + ("" if pd.isna(r["std"]) else f" ± {r['std']:.3f}")
+                 for _, r in g.iterrows()}
+        lines.append(f"| {algorithm} | {setting} | {'accuracy' if m.endswith('_accuracy') else 'score'} | "
+                     + " | ".join(cells.get(x, "") for x in groups) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _short(value: float) -> str:
     """1234 -> 1.2k, 3.4e6 -> 3.4M."""
     for factor, suffix in ((1e6, "M"), (1e3, "k")):

@@ -94,6 +94,22 @@ def per_policy_from_mlflow(cfg: dict, filter_string: str = "") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def per_task_table(eval_summaries: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds of every metric per task of the compositional world (and per split:
+    held-out compositions vs seen ones; the mean over tasks), from each evaluation's `per_task`."""
+    rows = []
+    for path in eval_summaries:
+        s = json.loads(Path(path).read_text())
+        who = policy_identity(s["name"])
+        for group, metrics in (s.get("per_task") or {}).items():
+            rows += [{"algorithm": who["algorithm"], "reward_setting": who["reward_setting"], "group": group,
+                      "metric": m, "value": v} for m, v in metrics.items() if m != "images"]
+    if not rows:
+        return pd.DataFrame(columns=["algorithm", "reward_setting", "group", "metric", "mean", "std"])
+    table = pd.DataFrame(rows).groupby(["algorithm", "reward_setting", "group", "metric"], sort=False)["value"]
+    return table.agg(["mean", "std"]).reset_index()
+
+
 def policy_identity(name: str) -> dict:
     """algorithm, reward_setting, seed of an evaluated policy's name (base: the base model)."""
     if name == "base":

@@ -51,6 +51,10 @@ REWARDS: dict[str, RewardSpec] = {
     "alignment": RewardSpec(
         "egrpo.tinyworld:alignment_reward",
         "tiny world ground truth: colour match of the named shape's region and of the background"),
+    "judge": RewardSpec(
+        "egrpo.compworld:judge_reward",
+        "compositional tiny world ground truth: the share of what the prompt asks (objects, colours, counts, "
+        "relations) that the image shows, read by a rule-based judge (GenEval's tasks in miniature)"),
     "tinyclip": RewardSpec(
         "egrpo.rewards.clip:tinyclip",
         "tiny world learned reward: cosine of a tiny CLIPModel trained contrastively by `egrpo pretrain`",

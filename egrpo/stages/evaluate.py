@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from egrpo import compworld
 from egrpo.config import reward_names
 from egrpo.errors import UserError
 from egrpo.models import FlowModel, family_of, load_pipeline, load_policy
@@ -124,6 +125,7 @@ def run_evaluate(cfg: dict, name: str, model_dir, checkpoint, out_dir) -> dict:
                    "num_steps": num_steps, "resolution": model.resolution, "guidance": model.guidance,
                    "metrics": {r: {"mean": float(table[r].mean()), "std": float(table[r].std(ddof=0)),
                                    "se": evaluation_se(table, r)} for r in names},
+                   "per_task": compworld.per_task([p.text for p in prompts], table, names),
                    "per_style": ({str(style): {r: float(g[r].mean()) for r in names}
                                   for style, g in styled.groupby("style")} if styled is not None else {}),
                    "nfe": model.nfe, "mlflow_run_id": run.info.run_id}
