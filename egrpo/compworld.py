@@ -185,6 +185,38 @@ def sample(task: str, rng: random.Random) -> CompScene:
     return CompScene(task, (Obj(a, color), Obj(b, color)), bg, relation=relation)
 
 
+def all_scenes() -> list[CompScene]:
+    """Every scene of the world outside the held-out compositions, in a fixed order (what pretraining
+    renders): each task over every shape, colour, background (and count or relation)."""
+    out = []
+    for bg in PALETTE:
+        colors = [c for c in PALETTE if c != bg]
+        for shape in SHAPES:
+            for color in colors:
+                out.append(CompScene("single_object", (Obj(shape, color),), bg))
+                out.append(CompScene("colors", (Obj(shape, color),), bg))
+                out += [CompScene("counting", (Obj(shape, color),) * n, bg, count=n) for n in NUMBERS.values()]
+        for a in SHAPES:
+            for b in SHAPES:
+                if a == b:
+                    continue
+                for color in colors:
+                    out.append(CompScene("two_objects", (Obj(a, color), Obj(b, color)), bg))
+                    out += [CompScene("position", (Obj(a, color), Obj(b, color)), bg, relation=r) for r in RELATIONS]
+                out += [CompScene("color_attr", (Obj(a, c1), Obj(b, c2)), bg) for c1 in colors for c2 in colors if c1 != c2]
+    return [s for s in out if not is_heldout(s)]
+
+
+def captions(scene: CompScene) -> list[str]:
+    """The captions of a scene (one template per task)."""
+    return [prompt(scene)]
+
+
+def score(image: torch.Tensor, scene: CompScene) -> float:
+    """The judge's score of an image for a scene (what pretraining's base-model check reports)."""
+    return judge(image, scene).score
+
+
 def split(n: int, seed: int, heldout: bool, tasks=TASKS) -> list[CompScene]:
     """n scenes, tasks in turn: with heldout False only compositions outside HELDOUT (training
     prompts); with True only scenes that use one (the held-out evaluation prompts)."""

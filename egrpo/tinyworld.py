@@ -7,6 +7,7 @@ shows the scene — the ground truth against which learned rewards and policies 
 """
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from dataclasses import dataclass
@@ -114,3 +115,18 @@ def alignment_reward(cfg: dict):
         return torch.tensor(scores, dtype=torch.float32, device="cpu")  # on the CPU: scores, like every reward's
 
     return reward
+
+
+def all_scenes() -> list[Scene]:
+    """Every tiny-world scene, in a fixed order."""
+    return [Scene(shape, color, background, position, size)
+            for shape, color, background, position, size in
+            itertools.product(SHAPES, PALETTE, PALETTE, POSITIONS, SIZES) if color != background]
+
+
+def captions(scene: Scene) -> list[str]:
+    """The captions of a scene, one per template."""
+    return [t.format(**scene.__dict__) for t in TEMPLATES]
+
+
+score = alignment   # the rule-based score of an image for a scene (pretraining's base-model check)

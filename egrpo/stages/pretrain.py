@@ -1,7 +1,9 @@
 """Stage `pretrain`: the tiny world's base model and its learned reward, trained from scratch.
 
-Every part is trained on procedurally rendered tiny-world scenes (egrpo.tinyworld): every scene
-(shape x colour x background x position x size = 1680) under every caption template.
+Every part is trained on procedurally rendered scenes of the world `pretrain.world` names: `single`
+(egrpo/tinyworld.py: shape x colour x background x position x size = 1680 scenes under every caption
+template) or `compositional` (egrpo/compworld.py: every scene of its six tasks outside the held-out
+compositions, each under its task's caption).
 
   vae          diffusers AutoencoderKL, images in [-1, 1]:
                    loss = mean (D(z) - x)^2 + beta * KL(q(z|x) || N(0, I)),  z ~ q(z|x)
@@ -27,7 +29,6 @@ differ slightly and the alignment score moves by a few hundredths.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import random
@@ -44,7 +45,7 @@ from egrpo.runtime.device import select_device
 from egrpo.runtime.io import Prompt, atomic_dir, atomic_write_json, load_prompts
 from egrpo.runtime.tracking import stage_run
 from egrpo.sampling import sample_images
-from egrpo.tinyworld import PALETTE, POSITIONS, SHAPES, SIZES, TEMPLATES, Scene, alignment, parse, render
+from egrpo import compworld, tinyworld
 
 NAME = "pretrain"
 HELP = "Train the tiny world's base model (VAE + flow transformer) and its tinyclip reward."
@@ -64,15 +65,8 @@ def run(args, cfg) -> None:
 log = logging.getLogger("egrpo.stages.pretrain")
 
 
-def all_scenes() -> list[Scene]:
-    """Every tiny-world scene, in a fixed order."""
-    return [Scene(shape, color, background, position, size)
-            for shape, color, background, position, size in
-            itertools.product(SHAPES, PALETTE, PALETTE, POSITIONS, SIZES) if color != background]
-
-
-def all_captions(scene: Scene) -> list[str]:
-    return [t.format(**scene.__dict__) for t in TEMPLATES]
+# pretrain.world -> the module of that world: all_scenes, captions, render, parse, score
+WORLDS = {"single": tinyworld, "compositional": compworld}
 
 
 def _optimizer(module, lr: float, weight_decay: float, steps: int):
@@ -221,18 +215,19 @@ def build_tinyclip(cfg: dict, clip_tokenizer):
     return model, CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer)
 
 
-def train_tinyclip(model, tokenizer, images: torch.Tensor, scenes: list[Scene], pcfg: dict,
-                   generator: torch.Generator, device: torch.device = torch.device("cpu")) -> list[float]:
+def train_tinyclip(model, tokenizer, images: torch.Tensor, scenes: list, pcfg: dict,
+                   generator: torch.Generator, device: torch.device = torch.device("cpu"), world=tinyworld) -> list[float]:
     """Symmetric InfoNCE over batches of distinct scenes, each with a random caption template."""
     steps, batch = pcfg["tinyclip_steps"], min(pcfg["batch_size"] * 2, len(scenes))
     model.train().requires_grad_(True)
     step_on = _optimizer(model, pcfg["tinyclip_lr"], 0.01, steps)
-    captions = [all_captions(s) for s in scenes]
+    captions = [world.captions(s) for s in scenes]
+    per_scene = len(captions[0])
     losses = []
     bar = tqdm(range(steps), desc="pretrain tinyclip", unit="step")
     for step in bar:
         idx = torch.randperm(len(scenes), generator=generator, device="cpu")[:batch]  # on the CPU: scene choice
-        templates = torch.randint(len(TEMPLATES), (batch,), generator=generator, device="cpu")  # on the CPU: caption choice
+        templates = torch.randint(per_scene, (batch,), generator=generator, device="cpu")  # on the CPU: caption choice
         texts = [captions[i][t] for i, t in zip(idx.tolist(), templates.tolist())]
         tokens = tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
         pixels = ((augment(images[idx], generator) - 0.5) / 0.5).to(device)
@@ -253,7 +248,7 @@ def train_tinyclip(model, tokenizer, images: torch.Tensor, scenes: list[Scene], 
 # ---- evaluation of the base model -----------------------------------------------------------------
 
 @torch.no_grad()
-def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: int, seed: int) -> dict:
+def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: int, seed: int, world=tinyworld) -> dict:
     """Rule-based alignment of the base model's ODE samples, beside chance and the ceiling.
 
     chance:  the same images scored against the scene of a shuffled caption (a model that ignores
@@ -261,19 +256,19 @@ def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: i
     ceiling: the rendering of each caption's own scene
     """
 
-    prompts = [p for p in prompts if parse(p) is not None]  # only tiny-world captions can be scored
+    prompts = [p for p in prompts if world.parse(p) is not None]  # only the world's captions can be scored
     if not prompts:
         return {"alignment": None, "chance": None, "ceiling": None, "num_prompts": 0, "images_per_prompt": per_prompt}
-    scenes = [parse(p) for p in prompts]
+    scenes = [world.parse(p) for p in prompts]
     images = {(p, m): img for p, m, _, img in sample_images(model, [Prompt(t) for t in prompts], num_steps, per_prompt,
                                                           seed)}
     rng = random.Random(seed)
     shuffled = list(range(len(prompts)))
     while len(prompts) > 1 and any(i == j for i, j in enumerate(shuffled)):
         rng.shuffle(shuffled)
-    own = [alignment(img, scenes[p]) for (p, m), img in images.items()]
-    other = [alignment(img, scenes[shuffled[p]]) for (p, m), img in images.items()]
-    ceiling = [alignment(render(s, model.resolution), s) for s in scenes]
+    own = [world.score(img, scenes[p]) for (p, m), img in images.items()]
+    other = [world.score(img, scenes[shuffled[p]]) for (p, m), img in images.items()]
+    ceiling = [world.score(world.render(s, model.resolution), s) for s in scenes]
     mean = lambda xs: float(sum(xs) / len(xs))
     return {"alignment": mean(own), "chance": mean(other), "ceiling": mean(ceiling),
             "num_prompts": len(prompts), "images_per_prompt": per_prompt}
@@ -288,10 +283,12 @@ def run_pretrain(cfg: dict, out_dir) -> dict:
     out_dir = Path(out_dir)
     torch.manual_seed(pcfg["seed"])
     generator = torch.Generator().manual_seed(pcfg["seed"])
-    scenes = all_scenes()
-    captions = [c for s in scenes for c in all_captions(s)]
-    caption_scene = torch.arange(len(scenes), device="cpu").repeat_interleave(len(TEMPLATES))  # on the CPU: indexes the CPU data
-    images = torch.stack([render(s, res) for s in scenes])
+    world = WORLDS[pcfg["world"]]
+    scenes = world.all_scenes()
+    per_scene = [world.captions(s) for s in scenes]
+    captions = [c for cs in per_scene for c in cs]
+    caption_scene = torch.arange(len(scenes), device="cpu").repeat_interleave(len(per_scene[0]))  # on the CPU: indexes the CPU data
+    images = torch.stack([world.render(s, res) for s in scenes])
     started = time.perf_counter()
     with stage_run(cfg, "pretrain", {"seed": pcfg["seed"]}) as (mlflow, run):
         pipe = build_tiny_pipeline(cfg, captions)  # vocabulary: every tiny-world word
@@ -314,7 +311,7 @@ def run_pretrain(cfg: dict, out_dir) -> dict:
 
         clip_model, processor = build_tinyclip(cfg, pipe.tokenizer)
         clip_model.to(device)
-        clip_losses = train_tinyclip(clip_model, pipe.tokenizer, images, scenes, pcfg, generator, device)
+        clip_losses = train_tinyclip(clip_model, pipe.tokenizer, images, scenes, pcfg, generator, device, world)
         train_s = time.perf_counter() - started
         pipe.to("cpu"); clip_model.to("cpu")  # saved from the CPU; the checks below load them afresh
 
@@ -328,12 +325,13 @@ def run_pretrain(cfg: dict, out_dir) -> dict:
         eval_prompts = [p.text for p in load_prompts(cfg["prompts"]["eval"], "prompts.eval")]
         base = FlowModel(load_pipeline(cfg, out_dir / "tinyworld"), cfg)
         score = alignment_vs_chance(base, eval_prompts, pcfg["eval_images_per_prompt"],
-                                    cfg["sampling"]["num_steps"], pcfg["seed"])
-        clip_check = tinyclip_retrieval(out_dir / "tinyclip", scenes, res, pcfg["seed"])
+                                    cfg["sampling"]["num_steps"], pcfg["seed"], world)
+        clip_check = tinyclip_retrieval(out_dir / "tinyclip", scenes, res, pcfg["seed"], world)
         sizes = {name: sum(f.stat().st_size for f in (out_dir / name).rglob("*") if f.is_file())
                  for name in ("tinyworld", "tinyclip")}
         report = {
-            "seed": pcfg["seed"], "resolution": res, "scenes": len(scenes), "captions": len(captions),
+            "world": pcfg["world"], "seed": pcfg["seed"], "resolution": res, "scenes": len(scenes),
+            "captions": len(captions),
             "base_model": score, "tinyclip": clip_check,
             "vae": {"final_loss": _tail(vae_losses), "reconstruction_mse": vae_mse, **latent_stats},
             "transformer": {"final_loss": _tail(flow_losses),
@@ -362,15 +360,15 @@ def _tail(losses: list[float], n: int = 100) -> float:
 
 
 @torch.no_grad()
-def tinyclip_retrieval(path, scenes: list[Scene], resolution: int, seed: int, n: int = 256) -> dict:
+def tinyclip_retrieval(path, scenes: list, resolution: int, seed: int, world=tinyworld, n: int = 256) -> dict:
     """Top-1 caption retrieval of augmented renderings among n scenes (chance: 1/n), through the
     same scorer the reward uses."""
 
     scorer = CLIPScorer(str(path), None, scale_by_logit=False)
     generator = torch.Generator().manual_seed(seed + 1)
     idx = torch.randperm(len(scenes), generator=generator, device="cpu")[:n].tolist()  # on the CPU: scene choice
-    images = augment(torch.stack([render(scenes[i], resolution) for i in idx]), generator)
+    images = augment(torch.stack([world.render(scenes[i], resolution) for i in idx]), generator)
     image_emb = F.normalize(scorer.embed_images(images), dim=-1).cpu()  # the scorer's device -> the CPU
-    text_emb = F.normalize(scorer.embed_texts([all_captions(scenes[i])[0] for i in idx]), dim=-1).cpu()
+    text_emb = F.normalize(scorer.embed_texts([world.captions(scenes[i])[0] for i in idx]), dim=-1).cpu()
     top1 = float(((image_emb @ text_emb.T).argmax(1) == torch.arange(len(idx), device="cpu")).float().mean())  # on the CPU: embeddings moved above
     return {"top1": top1, "chance": 1 / len(idx), "candidates": len(idx)}

@@ -43,7 +43,8 @@ def test_pretrain_is_deterministic_and_writes_models(tmp_path):
 
 def test_tinyclip_reward_scores_the_right_caption_higher_after_training(tmp_path):
     """Trained on renderings, tinyclip must prefer the true caption (a real, if small, training run)."""
-    from egrpo.stages.pretrain import all_scenes, build_tinyclip, train_tinyclip
+    from egrpo.stages.pretrain import build_tinyclip, train_tinyclip
+    from egrpo.tinyworld import all_scenes
     from egrpo.rewards.clip import CLIPScorer
     from egrpo.models.tokenizers import build_tokenizers
     from egrpo.tinyworld import caption, render
