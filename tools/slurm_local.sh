@@ -154,6 +154,12 @@ down() {
   for pid in "$DIR"/slurmd*.pid; do [ -e "$pid" ] && stop "$pid"; done
   stop "$DIR/slurmctld.pid"
   if [ -e "$DIR/munge.ours" ]; then stop /run/munge/munged.pid; rm -f "$DIR/munge.ours"; fi
+  # Without a controller, every `scontrol` (Snakemake's slurm plugin asks `scontrol show config` at each
+  # start, whatever the executor) retries for ~9 s; without a slurm.conf it fails at once. Our config
+  # goes aside (the next `up` writes it again); a slurm.conf that is not ours stays.
+  if head -n 1 /etc/slurm/slurm.conf 2>/dev/null | grep -qxF "$MARK"; then
+    mkdir -p "$DIR" && mv /etc/slurm/slurm.conf "$DIR/slurm.conf.down"
+  fi
   say "stopped"
 }
 
