@@ -94,6 +94,9 @@ def _one_line(error: jsonschema.ValidationError) -> str:
     msg = error.message
     if error.validator == "additionalProperties":
         msg = msg.replace("Additional properties are not allowed", "unknown key")
+        allowed = sorted(error.schema.get("properties", {}))
+        if allowed:
+            return f"{_key_path(error)}: {msg}; allowed: {', '.join(allowed)}"
     if error.validator == "enum":
         msg = f"{error.instance!r} is not one of {error.validator_value}"
     if len(msg) > 200:
@@ -246,11 +249,12 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def write_resolved(cfg: dict, directory: str | os.PathLike) -> Path:
-    """Write the validated config to <directory>/<hash>.yaml once (content-addressed) and return the path."""
+def write_resolved(cfg: dict, directory: str | os.PathLike, write: bool = True) -> Path:
+    """Write the validated config to <directory>/<hash>.yaml once (content-addressed) and return the
+    path; with write False (a dry run) only the path."""
     directory = Path(directory)
     path = directory / f"{config_hash(cfg)}.yaml"
-    if not path.exists():
+    if write and not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))

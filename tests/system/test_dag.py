@@ -240,3 +240,26 @@ def test_paper_scale_configs_resolve_and_stop_in_the_preflight(tmp_path, configf
         [f"egrpo: missing input: {p}" for p in problems]
     assert "rule profile" not in run.stderr and "rule train" not in run.stderr
     assert not list((work / "results").glob("*/train")), "no job was started"
+
+
+def test_resources_are_checked_and_a_dry_run_writes_nothing(tmp_path):
+    """A typo in resources.<rule> is one line naming the allowed keys; --set-resources train:gpu with a
+    job over several nodes is refused in one line (GPUs are per node there); `snakemake -n` leaves no
+    file under results/."""
+    from snakemake_runs import copy_workflow
+
+    work = copy_workflow(tmp_path / "wf")
+    typo = snakemake(work, "-n", "--config", 'resources={"train": {"gpus": 8}}')
+    errors = [l for l in typo.stderr.splitlines() if "config error" in l]
+    assert typo.returncode != 0 and len(errors) == 1, typo.stderr[-2000:]
+    assert errors[0].startswith("egrpo: config error: resources.train: unknown key ('gpus' was unexpected); allowed: ")
+    assert " gpu, " in errors[0] and "slurm_partition" in errors[0]
+    dry = snakemake(work, "-n")
+    assert dry.returncode == 0 and not (work / "results").exists(), sorted((work / "results").rglob("*"))[:5]
+    nodes = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "config/paper.yaml",
+                            "config/paper-dancegrpo-2nodes.yaml", "--set-resources", "train:gpu=4"],
+                           cwd=work, capture_output=True, text=True, timeout=300)
+    errors = [l for l in nodes.stderr.splitlines() if "config error" in l]
+    assert nodes.returncode != 0 and len(errors) == 1, nodes.stderr[-2000:]
+    assert errors[0].startswith("egrpo: config error: --set-resources train:gpu=4 with resources.train.nodes = 2: "
+                                "GPUs are per node there")

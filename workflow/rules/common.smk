@@ -24,6 +24,16 @@ try:
 except ConfigError as error:
     sys.exit(f"egrpo: config error: {error}")
 validate(config, "../schemas/config.schema.yaml")
+# --set-resources train:gpu=N sets the job's total, but a job over several nodes asks its GPUs per node
+# (train_resources below): refused in one line rather than submitted with a gres that does not match
+_TRAIN_SET = workflow.resource_settings._parsed_overwrite_resources.get("train", {}) \
+    if getattr(workflow.resource_settings, "overwrite_resources", None) else {}
+if int(config["resources"]["train"].get("nodes") or 1) > 1 and "gpu" in _TRAIN_SET:
+    _gpu = getattr(_TRAIN_SET["gpu"], "value", _TRAIN_SET["gpu"])
+    sys.exit(f"egrpo: config error: --set-resources train:gpu={_gpu} with resources.train.nodes = "
+             f"{config['resources']['train']['nodes']}: GPUs are per node there; set them with "
+             f"--config 'resources={{\"train\": {{\"gpu\": {_gpu}, \"nodes\": "
+             f"{config['resources']['train']['nodes']}}}}}' (or in the config file)")
 
 # Files the DAG reads (model, reward weights, tokenizers, prompts): a run stops on any that is
 # missing in `onstart`, before a job waits for a GPU; a dry run (-n) resolves without them and says so.
@@ -41,7 +51,7 @@ BENCH = f"{RESULTS}/benchmarks"
 # Every `egrpo` call reads this resolved config. Rules use it as a global, not as params: params
 # would rerun every job on any config change; instead each rule's params carry `stage_hash(...)`
 # of the sections it reads, so a change reruns exactly the stages it affects.
-CONFIG_FILE = str(write_resolved(config, f"{RESULTS}/configs"))
+CONFIG_FILE = str(write_resolved(config, f"{RESULTS}/configs", write=not DRY_RUN))   # a dry run writes nothing
 SOURCE = config["model"]["source"]
 TINY = SOURCE == "tiny"
 MODEL_DIR = {"tiny": f"{RESULTS}/model", "pretrain": f"{RESULTS}/pretrain/tinyworld"}.get(SOURCE, config["model"]["path"])
