@@ -62,11 +62,12 @@ def per_style_table(eval_summaries: list[str]) -> pd.DataFrame:
 def per_policy_from_mlflow(cfg: dict, filter_string: str = "") -> pd.DataFrame:
     """The rows of `collect`, read from the MLflow store instead of the files: the latest finished
     evaluate run of each policy, joined with the latest finished train run of its (algorithm,
-    reward setting, seed)."""
-
+    reward setting, seed). Runs made by hand into other folders (tag origin=by-hand) are left out."""
     mlflow = mlflow_for(cfg)
     query = "attributes.status = 'FINISHED'" + (f" and {filter_string}" if filter_string else "")
     runs = mlflow.search_runs(experiment_names=[cfg["experiment"]], filter_string=query)
+    if not runs.empty and "tags.origin" in runs:
+        runs = runs[runs["tags.origin"].fillna("dag") != "by-hand"]
     if runs.empty:
         return pd.DataFrame()
     runs = runs.sort_values("start_time")

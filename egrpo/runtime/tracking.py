@@ -84,17 +84,32 @@ def scheduler_tags() -> dict[str, str]:
     return tags
 
 
+def origin(cfg: dict, out: str | os.PathLike | None) -> str:
+    """"dag" for outputs under the experiment's results/<experiment>/ (where the workflow writes),
+    "by-hand" for a stage run by hand into another folder (e.g. --out /tmp/plan.json)."""
+    if out is None:
+        return "dag"
+    results = (Path("results") / cfg["experiment"]).resolve()
+    return "dag" if Path(out).resolve().is_relative_to(results) else "by-hand"
+
+
 @contextmanager
-def stage_run(cfg: dict, stage: str, tags: dict | None = None, run_id: str | None = None, run_name: str | None = None):
-    """Start (or, with run_id, resume) the MLflow run of one job; yields the mlflow module and run."""
+def stage_run(cfg: dict, stage: str, tags: dict | None = None, run_id: str | None = None, run_name: str | None = None,
+              out: str | os.PathLike | None = None):
+    """Start (or, with run_id, resume) the MLflow run of one job; yields the mlflow module and run.
+    A run whose outputs go outside results/<experiment>/ (`out`) is tagged origin=by-hand, named so,
+    and supersedes nothing: the workflow's runs stay the current ones."""
     mlflow = mlflow_for(cfg)
     _experiment(mlflow, cfg)
-    all_tags = {"stage": stage, **{k: str(v) for k, v in (tags or {}).items()}, **scheduler_tags()}
-    with mlflow.start_run(run_id=run_id, run_name=run_name or stage) as run:
+    where = origin(cfg, out)
+    all_tags = {"stage": stage, "origin": where, **{k: str(v) for k, v in (tags or {}).items()}, **scheduler_tags()}
+    name = (run_name or stage) + ("-by-hand" if where == "by-hand" else "")
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else name) as run:   # a resumed run keeps its name
         if run_id is None:
             mlflow.set_tags(all_tags)
             mlflow.log_params(flatten(cfg))
-            mark_superseded(mlflow, run, stage)
+            if where == "dag":
+                mark_superseded(mlflow, run, stage)
         yield mlflow, run
 
 

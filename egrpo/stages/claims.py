@@ -83,7 +83,7 @@ def run_claims(cfg: dict, profile_csv, merged_csv, train_metrics: list, pretrain
     every = cfg["train"]["heldout"]["every_forward_equivalents"]
     if result.get("budget_forward_equivalents"):
         result["heldout_curve_table"] = curve_table(curves, every, result["budget_forward_equivalents"]).to_dict("records")
-    with stage_run(cfg, "claims", {"heldout_metric": metric}) as (mlflow, run):
+    with stage_run(cfg, "claims", {"heldout_metric": metric}, out=out_dir) as (mlflow, run):
         result["mlflow_run_id"] = run.info.run_id
         atomic_write_json(out_dir / "claims.json", result)
         atomic_write_text(out_dir / "claims.md", claims_markdown(result, metric))

@@ -103,7 +103,7 @@ def run_evaluate(cfg: dict, name: str, model_dir, checkpoint, out_dir) -> dict:
         load_policy(pipe.transformer, checkpoint, family_of(pipe).lora_targets)
     model = FlowModel(pipe, cfg, resolution=ecfg["resolution"], guidance=ecfg["guidance"])
     rewards = {r: build_reward(r, cfg) for r in names}
-    with stage_run(cfg, "evaluate", tags, run_name=f"evaluate-{name}") as (mlflow, run):
+    with stage_run(cfg, "evaluate", tags, run_name=f"evaluate-{name}", out=out_dir) as (mlflow, run):
         rows, grid = [], []
         image_dir = out_dir / "images"
         image_dir.mkdir(parents=True, exist_ok=True)

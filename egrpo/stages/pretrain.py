@@ -290,7 +290,7 @@ def run_pretrain(cfg: dict, out_dir) -> dict:
     caption_scene = torch.arange(len(scenes), device="cpu").repeat_interleave(len(per_scene[0]))  # on the CPU: indexes the CPU data
     images = torch.stack([world.render(s, res) for s in scenes])
     started = time.perf_counter()
-    with stage_run(cfg, "pretrain", {"seed": pcfg["seed"]}) as (mlflow, run):
+    with stage_run(cfg, "pretrain", {"seed": pcfg["seed"]}, out=out_dir) as (mlflow, run):
         pipe = build_tiny_pipeline(cfg, captions)  # vocabulary: every tiny-world word
         device = select_device(cfg)
         for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):

@@ -120,7 +120,7 @@ def run_profile(cfg: dict, model_dir, out_csv, out_png) -> pd.DataFrame:
     prompts = load_prompts(cfg["prompts"]["train"], "prompts.train")
     model = FlowModel(load_pipeline(cfg, model_dir), cfg)
     setting = RewardSetting(cfg["reward_settings"][rs], cfg)
-    with stage_run(cfg, "profile", {"reward_setting": rs}) as (mlflow, run):
+    with stage_run(cfg, "profile", {"reward_setting": rs}, out=out_csv) as (mlflow, run):
         log.info("profiling %d steps x %d prompts, reward setting %s", cfg["sampling"]["num_steps"],
                  min(len(prompts), cfg["profile"]["num_prompts"]), rs)
         with torch.no_grad():

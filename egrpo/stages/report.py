@@ -67,7 +67,7 @@ def base_notes(cfg: dict, eval_summaries: list[str]) -> dict:
 def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries, out_dir) -> pd.DataFrame:
     out_dir = Path(out_dir)
     metrics = reward_names(cfg)
-    with stage_run(cfg, "report") as (mlflow, run):
+    with stage_run(cfg, "report", out=out_dir) as (mlflow, run):
         per_policy = collect(train_metrics, eval_summaries)
         table = summary_table(per_policy, metrics)
         atomic_write_text(out_dir / "table.csv", table.to_csv(index=False))

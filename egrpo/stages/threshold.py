@@ -129,7 +129,7 @@ def run_threshold(cfg: dict, profile_csv, out_json) -> dict:
     if profile_csv and not Path(profile_csv).is_file():
         raise UserError(f"--profile: file not found: {profile_csv}")
     profile = pd.read_csv(profile_csv) if profile_csv else None
-    with stage_run(cfg, "threshold", {"rule": cfg["threshold"]["rule"]}) as (mlflow, run):
+    with stage_run(cfg, "threshold", {"rule": cfg["threshold"]["rule"]}, out=out_json) as (mlflow, run):
         plan = make_plan(cfg, profile)
         plan["mlflow_run_id"] = run.info.run_id
         if plan["tau"] is not None:

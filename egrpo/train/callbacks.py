@@ -71,7 +71,7 @@ class MLflow(Callback):
         @contextlib.contextmanager
         def run():
             with stage_run(trainer.cfg, "train", trainer.tags, run_id=trainer.state.mlflow_run_id,
-                           run_name=trainer.run_name) as (mlflow, mlrun):
+                           run_name=trainer.run_name, out=trainer.out_dir) as (mlflow, mlrun):
                 self.mlflow = mlflow
                 trainer.state.mlflow_run_id = mlrun.info.run_id
                 if trainer.state.resumed_from is None:

@@ -132,6 +132,17 @@ def test_a_rerun_job_marks_the_runs_it_replaces(tmp_path):
     assert runs[["tags.superseded_by"]].drop(ids["first"]).isna().all().all()
     current = mlflow.search_runs(experiment_names=["rerun"], filter_string="tags.superseded_by IS NULL")
     assert set(current["run_id"]) == {ids["other"], ids["second"]}
+    # a stage run by hand into another folder: its own tag and name, and the workflow's run stays current
+    import os
+    os.chdir(tmp_path)
+    with stage_run(cfg, "train", run_name="train egrpo/color/seed0", out=tmp_path / "elsewhere") as (_, run):
+        by_hand = run.info.run_id
+    with stage_run(cfg, "train", run_name="train egrpo/color/seed0", out=tmp_path / "results/rerun/train/x") as (_, run):
+        dag = run.info.run_id
+    runs = mlflow.search_runs(experiment_names=["rerun"]).set_index("run_id")
+    assert runs.loc[by_hand, "tags.origin"] == "by-hand" and runs.loc[by_hand, "tags.mlflow.runName"].endswith("-by-hand")
+    assert runs.loc[ids["second"], "tags.superseded_by"] == dag, "only the workflow's rerun supersedes"
+    assert runs.loc[dag, "tags.origin"] == "dag" and runs[["tags.superseded_by"]].loc[[by_hand, dag]].isna().all().all()
 
 
 def test_every_subcommand_reports_bad_input_in_one_line(tmp_path):
