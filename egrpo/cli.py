@@ -18,7 +18,7 @@ from pathlib import Path
 
 from egrpo import stages
 from egrpo.config import load
-from egrpo.errors import OutOfMemory, UserError
+from egrpo.errors import OutOfMemory, Terminated, UserError
 from egrpo.runtime.io import atomic_write_text
 
 REQUIRED = object()
@@ -113,7 +113,24 @@ def _run(args) -> None:
         stage.run(args, cfg)
 
 
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None   # unwinds like Ctrl-C
+    try:
+        return _main(argv)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     given = sys.argv[1:] if argv is None else argv
     args = _parser(given).parse_args(given)
     args.argv = given
@@ -129,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"egrpo {args.command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"egrpo {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
+        print(f"egrpo {args.command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     return 0
 
 

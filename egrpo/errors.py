@@ -27,3 +27,8 @@ class PeerLost(RunStopped):
 
 class OutOfMemory(RunStopped):
     """A device ran out of memory: the message names the stage, the phase, the peak and the knobs."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's cancel, `kill`): raised like Ctrl-C so that every open MLflow run, file
+    and process group unwinds; the CLI exits 143."""

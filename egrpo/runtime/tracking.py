@@ -110,7 +110,11 @@ def stage_run(cfg: dict, stage: str, tags: dict | None = None, run_id: str | Non
             mlflow.log_params(flatten(cfg))
             if where == "dag":
                 mark_superseded(mlflow, run, stage)
-        yield mlflow, run
+        try:
+            yield mlflow, run
+        except KeyboardInterrupt:   # Ctrl-C or SIGTERM (egrpo.errors.Terminated): KILLED, not left RUNNING
+            mlflow.end_run(status="KILLED")
+            raise
 
 
 def mark_superseded(mlflow, run, stage: str) -> list[str]:

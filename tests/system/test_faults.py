@@ -173,3 +173,30 @@ with mlflow.start_run(run_name=f"job{{k}}"):
         history = client.get_metric_history(run["run_id"], "m")
         k = int(run["tags.job"])
         assert sorted(h.value for h in history) == [k * 100 + s for s in range(20)]
+
+
+def test_sigterm_ends_a_train_job_in_one_line_and_its_mlflow_run_killed(tmp_path, tiny_model_dir):
+    """A scheduler's cancel (SIGTERM) unwinds like Ctrl-C: exit 143, one line, the MLflow run KILLED
+    (not left RUNNING), the resume state of the last finished iteration kept for the next job."""
+    import mlflow
+    import yaml
+    from helpers import plan_file, train_cfg
+
+    cfg = train_cfg(tmp_path, iterations=50, checkpoint_every=1)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, EGRPO_FAULT="slow-iteration:1")
+    proc = subprocess.Popen([sys.executable, "-m", "egrpo", "train", "--config", str(tmp_path / "cfg.yaml"), "--model",
+                             str(tiny_model_dir), "--plan", plan_file(tmp_path), "--algorithm", "egrpo",
+                             "--reward-setting", "color", "--seed", "0", "--out", str(tmp_path / "o"),
+                             "--resume-dir", str(tmp_path / "r")], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "r/state/state.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "egrpo train: terminated (SIGTERM)" and "Traceback" not in err
+    mlflow.set_tracking_uri(cfg["mlflow"]["tracking_uri"])
+    runs = mlflow.search_runs(experiment_names=[cfg["experiment"]])
+    assert list(runs["status"]) == ["KILLED"]
+    assert (tmp_path / "r/state/state.json").is_file() and not (tmp_path / "o/metrics.json").exists()
