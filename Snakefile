@@ -4,6 +4,8 @@
 #   snakemake -R threshold          rerun one stage and what depends on it
 #   snakemake --configfile config/paper.yaml --profile slurm
 # One rule file per stage, one `egrpo <stage>` per rule, one module egrpo/stages/<stage>.py per subcommand.
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -60,3 +62,14 @@ onstart:
         if problems:
             sys.exit(message(problems))
     shell("egrpo mlflow-init --config {CONFIG_FILE:q}")
+
+
+onsuccess:
+    summary = Path(RESULTS) / "report" / "summary.txt"
+    if summary.is_file():
+        print(f"egrpo: the report is {RESULTS}/report/table.md (plots beside it); {summary.read_text().strip()}")
+
+
+onerror:
+    print(f"egrpo: stopped before the end (a job failed or was interrupted; job logs: {LOGS}/). The same command "
+          "continues: finished jobs are kept and train jobs resume from their last checkpoint.", file=sys.stderr)

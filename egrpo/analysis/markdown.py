@@ -57,8 +57,9 @@ def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo
             for _, c in g.iterrows():
                 seed = "" if pd.isna(c["seed_se"]) else f", seed SE {c['seed_se']:.4f} over {c['seeds']} seeds"
                 compute = "" if c["equal_compute"] else f" (compute ratio {c['compute_ratio']:.2f})"
+                paired = "n/a" if pd.isna(c["paired_se"]) else f"{c['paired_se']:.4f}"
                 notes.append(f"  - {c['algorithm']} vs {c['against']}: {c['difference']:+.4f} (paired SE "
-                             f"{c['paired_se']:.4f} over {c['prompts']} prompts{seed}): {c['verdict']}{compute}")
+                             f"{paired} over {c['prompts']} prompts{seed}): {c['verdict']}{compute}")
     return "\n".join(lines + notes) + "\n"
 
 

@@ -21,8 +21,12 @@ KEYS = ["prompt_index", "image_index"]
 
 
 def verdict(difference: float, se: float) -> str:
-    if not math.isfinite(se) or se == 0 and difference == 0:
-        return "within noise" if math.isfinite(difference) else "n/a"
+    if not math.isfinite(difference):
+        return "n/a"
+    if not math.isfinite(se):
+        return "no verdict (one prompt and one seed: no standard error)"
+    if se == 0 and difference == 0:
+        return "within noise"
     if difference > 2 * se:
         return "better"
     if difference < -2 * se:

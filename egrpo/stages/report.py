@@ -49,6 +49,20 @@ def heldout_figure(train_metrics: list[str], path, set_note: str = "") -> str:
     return "\n".join(lines)
 
 
+def summary_line(heldout: str, cmp, metrics: list[str], baseline: str = "dancegrpo") -> str:
+    """The report in one line (report/summary.txt; the workflow prints it when it ends): the first
+    held-out verdict at equal compute, else E-GRPO against the baseline on the first metric."""
+    if heldout:
+        return heldout.splitlines()[0]
+    if cmp is not None and not cmp.empty and metrics:
+        rows = cmp[(cmp["metric"] == metrics[0]) & (cmp["against"] == baseline) & (cmp["algorithm"] == "egrpo")]
+        if not rows.empty:
+            c = rows.iloc[0]
+            return (f"{metrics[0]} ({c['reward_setting']}): egrpo - {baseline} {c['difference']:+.4f} "
+                    f"(paired SE {c['paired_se']:.4f}): {c['verdict']}")
+    return "see table.md"
+
+
 def base_notes(cfg: dict, eval_summaries: list[str]) -> dict:
     """What the base model's numbers are measured on, in the table and in the held-out figure: two
     different sets of prompts and noise, so their values differ by design."""
@@ -77,6 +91,7 @@ def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries,
             atomic_write_text(out_dir / "comparisons.csv", cmp.to_csv(index=False))
         notes = base_notes(cfg, eval_summaries)
         heldout = heldout_figure(list(train_metrics), out_dir / "heldout_vs_compute.png", notes["heldout"])
+        atomic_write_text(out_dir / "summary.txt", summary_line(heldout, cmp, metrics) + "\n")
         tasks = per_task_table(eval_summaries)
         atomic_write_text(out_dir / "per_task.csv", tasks.to_csv(index=False))
         atomic_write_text(out_dir / "table.md", markdown(table, metrics, cmp=cmp, base_note=notes["table"])

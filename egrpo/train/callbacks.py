@@ -113,6 +113,35 @@ class Progress(Callback):
         self.bar.update(1)
 
 
+class StatusLine(Callback):
+    """One short line on stdout every `interval` seconds (and after the first and the last iteration):
+    under Snakemake, whose jobs send stderr (the tqdm bar) to their log, this is what the terminal
+    shows of a running train job: iteration / total, reward, cost, ETA (budget-aware)."""
+
+    def __init__(self, interval_s: float = 30.0):
+        self.interval_s = interval_s
+
+    def on_start(self, trainer):
+        self.started, self.first, self.last_print = time.monotonic(), trainer.state.iteration, -math.inf
+
+    def after_iteration(self, trainer, it, row, last):
+        now = time.monotonic()
+        if not (last or it == self.first or now - self.last_print >= self.interval_s):
+            return
+        self.last_print = now
+        st, total = trainer.state, trainer.tcfg["iterations"]
+        done = st.iteration - self.first
+        per_iteration = (now - self.started) / max(done, 1)
+        left = total - st.iteration
+        budget = trainer.tcfg["max_forward_equivalents"]
+        if budget is not None and st.iteration:
+            left = min(left, math.ceil(max(budget - st.forward_equivalents, 0) / (st.forward_equivalents / st.iteration)))
+        eta = "done" if last else f"ETA {int(per_iteration * left) // 60}:{int(per_iteration * left) % 60:02d}"
+        print(f"egrpo train {trainer.algorithm_name}/{trainer.reward_setting_name}/seed{trainer.seed}: iteration "
+              f"{st.iteration}/{total}, reward {row['reward_mean']:.4f}, {st.forward_equivalents / 1000:.1f}k "
+              f"forward-equivalents, {eta}", flush=True)
+
+
 class Checkpoint(Callback):
     """The resume state every `train.checkpoint_every` iterations and after the last; cleared after
     success (egrpo/train/resume.py)."""
@@ -161,6 +190,6 @@ class TimeLimit(Callback):
 
 def default_callbacks(processes, heldout_curve) -> list[Callback]:
     """The callbacks of one process: the main one logs to MLflow and shows progress."""
-    main_only = [MLflow()] if processes.main else []
+    main_only = [MLflow(), StatusLine()] if processes.main else []
     return [Heldout(heldout_curve), *main_only, Progress(enabled=processes.main), Checkpoint(), Faults(),
             TimeLimit()]

@@ -73,7 +73,7 @@ def test_report_html_and_compare_agree_with_the_table(micro_dag_copy):
     for f in ("reward_std_per_step.png", "train_reward_vs_wall.png", "image_grid.png"):
         assert (r / f).is_file(), f
     md = (r / "table.md").read_text()
-    assert "Δ% vs dancegrpo" in md and "**" in md
+    assert "Δ% vs dancegrpo" in md and "## Paired comparisons (same prompts, same noise)" in md
     html = subprocess.run([sys.executable, "-m", "snakemake", "--configfile", "tests/data/micro.yaml",
                            "--report", "report.html"], cwd=workflow, capture_output=True, text=True)
     assert html.returncode == 0, html.stderr[-3000:]

@@ -38,7 +38,8 @@ def test_the_paired_difference_and_its_standard_errors():
 
 def test_verdicts_at_two_standard_errors():
     assert verdict(0.021, 0.01) == "better" and verdict(-0.021, 0.01) == "worse"
-    assert verdict(0.019, 0.01) == "within noise" and verdict(0.0, float("nan")) == "within noise"
+    assert verdict(0.019, 0.01) == "within noise" and verdict(0.0, 0.0) == "within noise"
+    assert verdict(0.1, float("nan")).startswith("no verdict") and verdict(float("nan"), 0.1) == "n/a"
 
 
 def test_the_table_shows_delta_and_bold_only_at_equal_compute():

@@ -8,6 +8,7 @@ rule report:
     output:
         table=report(f"{RESULTS}/report/table.csv", caption="../report/table.rst", category="Tables"),
         markdown=f"{RESULTS}/report/table.md",
+        summary=f"{RESULTS}/report/summary.txt",
         entropy=report(f"{RESULTS}/report/entropy_plan.png", caption="../report/entropy_plan.rst",
                        category="Entropy profile"),
         curves=report(f"{RESULTS}/report/train_reward_vs_nfe.png", caption="../report/curves.rst", category="Training"),
