@@ -18,6 +18,8 @@ class ScoredGroups:
     components: dict[str, torch.Tensor]
     zero_std_ratio: float
     nonfinite: int
+    group_std: float = float("nan")     # mean within-group std of the combined reward (groups of 2 or more)
+    diversity: float = float("nan")     # mean pairwise RMS pixel distance of a group's images
 
 
 def score_groups(groups, model, setting: RewardSetting, prompts, adv_clip: float,
@@ -42,16 +44,24 @@ def score_groups(groups, model, setting: RewardSetting, prompts, adv_clip: float
         else {name: (torch.where(valid, scores, nan), setting.weights[name]) for name, scores in components.items()}
     global_std = {name: sde.batch_std(r, rule.unbiased) for name, (r, _) in to_normalize.items()} if rule.global_std else {}
     advantages = [torch.zeros(g.finals[next(iter(g.finals))].shape[0], device="cpu") for g in groups]  # on the CPU: advantages live on the CPU; train_transition moves them
-    offset, zero_std, nonfinite = 0, 0, 0
+    offset, zero_std, nonfinite, stds, distances = 0, 0, 0, [], []
     for gi, label in keys:
         size = groups[gi].finals[label].shape[0]
         part = slice(offset, offset + size)
         offset += size
+        if size > 1:   # how different the group's images are: no spread, nothing to learn from
+            flat = images[part].detach().float().flatten(1)
+            pairwise = torch.cdist(flat, flat) / flat.shape[1] ** 0.5
+            distances.append(float(pairwise.sum() / (size * (size - 1))))
         for name, (rewards, weight) in to_normalize.items():
             advantages[gi] += weight * sde.group_advantages(rewards[part], rule.eps, rule.unbiased, global_std.get(name))
         finite = combined[part][valid[part]]
         nonfinite += size - finite.numel()
         zero_std += int(finite.numel() < 2 or float(finite.std(unbiased=False)) == 0.0)
+        if finite.numel() > 1:
+            stds.append(float(finite.std(unbiased=False)))
     device = getattr(model, "device", torch.device("cpu"))
     advantages = [a.clamp(-adv_clip, adv_clip).to(device) for a in advantages]
-    return ScoredGroups(advantages, torch.where(valid, combined, nan), components, zero_std / max(1, len(keys)), nonfinite)
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+    return ScoredGroups(advantages, torch.where(valid, combined, nan), components, zero_std / max(1, len(keys)), nonfinite,
+                        mean(stds), mean(distances))

@@ -19,7 +19,7 @@ def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo
     themselves and notes on what ±, SE and the base row are."""
     header = ["algorithm", "reward setting"] + [metric_label(m) for m in metrics]
     header += [f"Δ% vs {baseline} ({metric_label(m)})" for m in metrics]
-    header += ["NFE", "fwd-equiv", "wall s", "GPU h", "seeds"]
+    header += ["NFE", "fwd-equiv", "wall s", "GPU h", "seeds"] + (["health"] if "health" in table else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     bold = best_at_equal_compute(cmp) if cmp is not None else set()
     fe = {(r["algorithm"], r["reward_setting"]): r.get("forward_equivalents") for _, r in table.iterrows()}
@@ -36,6 +36,7 @@ def markdown(table: pd.DataFrame, metrics: list[str], baseline: str = "dancegrpo
         cells += [fmt(row[f"{m}_vs_{baseline}_pct"], "+.1f") if equal else "" for m in metrics]
         cells += [fmt(row.get("nfe_total"), ".0f"), fmt(row.get("forward_equivalents"), ".0f"),
                   fmt(row.get("wall_s"), ".1f"), fmt(row.get("gpu_hours"), ".2f"), str(int(row["seeds"]))]
+        cells += [row["health"] if isinstance(row["health"], str) else ""] if "health" in table else []
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     has_se = any(table[f"{m}_eval_se"].notna().any() for m in metrics)
     notes = ["", "± std over seeds; " + ("[SE] the evaluation's standard error of one row's mean (per-prompt "

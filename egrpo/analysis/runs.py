@@ -37,7 +37,9 @@ def collect(train_metrics: list[str], eval_summaries: list[str]) -> pd.DataFrame
             row.update(algorithm=m["algorithm"], reward_setting=m["reward_setting"], seed=m["seed"],
                        nfe_total=m["nfe_total"], forward_equivalents=m["forward_equivalents"],
                        wall_s=m["wall_s"], gpu_hours=gpu_hours(m), final_train_reward=m["final_train_reward"],
-                       time_limit_stops=m.get("time_limit_stops", 0))
+                       time_limit_stops=m.get("time_limit_stops", 0),
+                       health=(m.get("health") or {}).get("verdict", "not judged"),
+                       health_flags=" / ".join(f["line"] for f in (m.get("health") or {}).get("flags", [])))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -86,6 +88,7 @@ def per_policy_from_mlflow(cfg: dict, filter_string: str = "") -> pd.DataFrame:
             t = trains.loc[name]
             m = {"device": t.get("tags.device", "cpu"), "processes": int(t.get("tags.processes", 1) or 1),
                  "wall_s": t["metrics.wall_s"]}
+            row.update(health=t.get("tags.health") if isinstance(t.get("tags.health"), str) else "not judged")
             row.update(algorithm=t["tags.algorithm"], reward_setting=t["tags.reward_setting"], seed=int(t["tags.seed"]),
                        nfe_total=t["metrics.nfe_total"], forward_equivalents=t["metrics.forward_equivalents"],
                        wall_s=t["metrics.wall_s"], gpu_hours=gpu_hours(m), final_train_reward=t["metrics.reward_mean"])

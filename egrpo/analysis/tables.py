@@ -22,6 +22,11 @@ def summary_table(per_policy: pd.DataFrame, metrics: list[str], baseline: str = 
         # (NaN where unknown: one prompt, or summaries from before it was recorded; MLflow then has no value)
         table[f"{m}_eval_se"] = grouped[f"{m}_se"].mean() if f"{m}_se" in per_policy else float("nan")
     table["seeds"] = grouped["policy"].count()
+    if "health" in per_policy:   # per row: healthy, or how many of its seeds a rule flagged (egrpo/health.py)
+        table["health"] = grouped["health"].agg(lambda v: "" if v.isna().all() else
+                                                "healthy" if (v == "healthy").all() else
+                                                f"{int((v == 'flagged').sum())} of {len(v)} flagged"
+                                                if (v == "flagged").any() else "not judged")
     table = table.reset_index()
     for m in metrics:
         reference = table[table["algorithm"] == baseline].set_index("reward_setting")[f"{m}_mean"]
@@ -59,3 +64,16 @@ def compute_caveats(table: pd.DataFrame, baseline: str = "dancegrpo", tolerance:
             out.append(f"Not equal compute ({setting}): forward-equivalents relative to {baseline}: {said}. "
                        f"Compare at an equal budget with `train.max_forward_equivalents` (the claims stage does).")
     return out
+
+
+def health_note(per_policy: pd.DataFrame) -> str:
+    """table.md's lines on run health: every flagged run with the rule's line, or that none was."""
+    if "health_flags" not in per_policy:
+        return ""
+    flagged = per_policy[per_policy["health_flags"].fillna("") != ""]
+    lines = ["", "## Run health (egrpo/health.py; docs/health.md)", ""]
+    if flagged.empty:
+        judged = per_policy["health"].isin(["healthy", "flagged"]).sum() if "health" in per_policy else 0
+        return "\n".join(lines + [f"No rule flagged any of the {judged} runs."]) + "\n"
+    lines += [f"- {p}: {text}" for p, text in zip(flagged["policy"], flagged["health_flags"])]
+    return "\n".join(lines) + "\n"

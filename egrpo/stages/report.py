@@ -11,7 +11,7 @@ from egrpo.analysis import curves, plots
 from egrpo.analysis.markdown import heldout_line, markdown, per_task_markdown
 from egrpo.analysis.paired import comparisons
 from egrpo.analysis.runs import collect, eval_scores, heldout_table, per_style_table, per_task_table
-from egrpo.analysis.tables import requeue_note, summary_table
+from egrpo.analysis.tables import health_note, requeue_note, summary_table
 from egrpo.config import reward_names
 from egrpo.runtime.io import atomic_write_text
 from egrpo.runtime.tracking import stage_run
@@ -95,7 +95,7 @@ def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries,
         tasks = per_task_table(eval_summaries)
         atomic_write_text(out_dir / "per_task.csv", tasks.to_csv(index=False))
         atomic_write_text(out_dir / "table.md", markdown(table, metrics, cmp=cmp, base_note=notes["table"])
-                          + requeue_note(per_policy) + (f"\n{heldout}\n" if heldout else "")
+                          + requeue_note(per_policy) + health_note(per_policy) + (f"\n{heldout}\n" if heldout else "")
                           + per_task_markdown(tasks))
         atomic_write_text(out_dir / "policies.csv", per_policy.to_csv(index=False))
         profile = pd.read_csv(profile_csv)

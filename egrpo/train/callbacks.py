@@ -46,6 +46,7 @@ class Heldout(Callback):
         st = trainer.state
         with trainer.trainable.applied("heldout"), memory_phase("heldout", trainer.model.device):
             rewards = self.curve.measure(trainer.model)
+        st.nfe_heldout += self.curve.last_nfe
         return {"iteration": st.iteration, "forward_equivalents": st.forward_equivalents, "wall_s": st.wall_s,
                 **rewards}
 
@@ -86,6 +87,7 @@ class MLflow(Callback):
                                  if k != "iteration" and math.isfinite(float(v))}, step=it + 1)
 
     def on_outputs(self, trainer, metrics):
+        self.mlflow.set_tag("health", metrics["health"]["verdict"])
         self.mlflow.log_artifact(str(trainer.out_dir / "metrics.json"))
         self.mlflow.log_artifact(str(trainer.out_dir / "train_log.csv"))
 
@@ -142,6 +144,18 @@ class StatusLine(Callback):
               f"forward-equivalents, {eta}", flush=True)
 
 
+class HealthStop(Callback):
+    """train.stop_on: after each iteration, the health rules named there; a flag ends the run (its
+    outputs written as at the end) with one line."""
+
+    def after_iteration(self, trainer, it, row, last):
+        stop_on = trainer.tcfg["stop_on"]
+        if stop_on:
+            flags = [f for f in trainer.health()["flags"] if f["rule"] in stop_on]
+            if flags:
+                trainer.stopped_by = flags[0]["line"]
+
+
 class Checkpoint(Callback):
     """The resume state every `train.checkpoint_every` iterations and after the last; cleared after
     success (egrpo/train/resume.py)."""
@@ -191,5 +205,5 @@ class TimeLimit(Callback):
 def default_callbacks(processes, heldout_curve) -> list[Callback]:
     """The callbacks of one process: the main one logs to MLflow and shows progress."""
     main_only = [MLflow(), StatusLine()] if processes.main else []
-    return [Heldout(heldout_curve), *main_only, Progress(enabled=processes.main), Checkpoint(), Faults(),
+    return [Heldout(heldout_curve), *main_only, Progress(enabled=processes.main), HealthStop(), Checkpoint(), Faults(),
             TimeLimit()]

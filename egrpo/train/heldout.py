@@ -23,6 +23,7 @@ class HeldoutCurve:
         self.h = h = cfg["train"]["heldout"]
         self.every, self.every_fe = h["every"], h["every_forward_equivalents"]
         self._rewards: dict | None = None
+        self.last_nfe = 0   # transformer evaluations of the last measurement
         self._prompts = None
 
     @property
@@ -57,8 +58,9 @@ class HeldoutCurve:
                                                 self.h["images_per_prompt"], self.h["seed"], progress=False):
                 images.append(image)
                 texts.append(self._prompts[p].text)
-        finally:
-            model.nfe, model.round_timesteps = nfe, rounding  # a measurement, not training cost
+        finally:   # a measurement, not training cost: its model calls are counted apart (last_nfe)
+            self.last_nfe = model.nfe - nfe
+            model.nfe, model.round_timesteps = nfe, rounding
         if not self.main:
             return {}
         batch = torch.stack(images)

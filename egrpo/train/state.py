@@ -28,6 +28,7 @@ class RunState:
     resumed_from: int | None = None
     time_limit_stops: int = 0
     nfe_reference: int = 0
+    nfe_heldout: int = 0          # the held-out curve's sampling: a measurement, not part of the budget
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -47,6 +48,7 @@ class UpdateStats:
     losses: list = field(default_factory=list)       # mean PPO(+KL) term per trained transition
     ratios: list = field(default_factory=list)       # ratio tensors of every evaluated pair
     first_dev: list = field(default_factory=list)    # |ratio - 1| before the first optimizer step
+    logp_gap: list = field(default_factory=list)     # |log p replayed - log p at rollout| before it
     clipped: list = field(default_factory=list)      # |ratio - 1| > eps, every pair
     clipped_after: list = field(default_factory=list)  # ... after the first optimizer step
     kls: list = field(default_factory=list)
@@ -64,6 +66,7 @@ class UpdateStats:
             "kl": sum(self.kls) / len(self.kls) if self.kls else math.nan,
             "ratio_mean": mean(self.ratios),
             "ratio_abs_dev_first": mean(self.first_dev),
+            "logp_gap_first": mean(self.logp_gap),
             "clip_fraction": mean(self.clipped),
             "clip_fraction_after_first_step": mean(self.clipped_after),
             "grad_norm": sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else math.nan,
@@ -105,6 +108,8 @@ class CostMeter:
             "reward_std": float(finite_rewards.std(unbiased=False)) if finite_rewards.numel() else math.nan,
             **{f"reward_{k}_mean": float(v[torch.isfinite(v)].mean()) for k, v in scored.components.items()},
             "zero_std_ratio": scored.zero_std_ratio,
+            "group_reward_std": scored.group_std,
+            "diversity": scored.diversity,
             **stats.row(),
             "groups": len(rollout.groups),
             "transitions": sum(len(g.transitions) for g in rollout.groups),
@@ -131,6 +136,7 @@ class CostMeter:
             "nfe_total": st.nfe_rollout + st.nfe_train,
             "nfe_rollout_total": st.nfe_rollout, "nfe_train_total": st.nfe_train,
             "nfe_reference_total": st.nfe_reference,
+            "nfe_heldout_total": st.nfe_heldout,
             "forward_equivalents": st.forward_equivalents,
             "nfe_per_prompt": (st.nfe_rollout + st.nfe_train) / prompts_seen,
             "nfe_rollout_per_prompt": st.nfe_rollout / prompts_seen,
@@ -144,6 +150,7 @@ class CostMeter:
             "heldout_curve": st.heldout,
             "resumed_from_iteration": st.resumed_from,
             "mlflow_run_id": st.mlflow_run_id,
-            **run,
+            **{k: v for k, v in run.items() if k not in ("health", "stopped_by")},
             "time_limit_stops": st.time_limit_stops,
+            **{k: run[k] for k in ("health", "stopped_by") if k in run},
         }

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from egrpo import health
 from egrpo.algorithms import build_algorithm
 from egrpo.models import FlowModel, load_pipeline, save_policy
 from egrpo.rewards import RewardSetting
@@ -79,6 +80,7 @@ class Trainer:
         self.tags = {"algorithm": algorithm, "reward_setting": reward_setting, "seed": seed,
                      "processes": self.processes.world, "device": self.model.device.type}
         self.run_name = f"train-{algorithm}-{reward_setting}-seed{seed}"
+        self.stopped_by: str | None = None
 
     # ---- resume ---------------------------------------------------------------------------------
     def save_resume(self) -> None:
@@ -176,6 +178,11 @@ class Trainer:
                 self.state.rows.append(row)
                 self.state.iteration = it + 1
                 self._each("after_iteration", it, row, it + 1 == iterations or self.meter.spent(budget))
+                if self.tcfg["stop_on"]:   # a health rule of train.stop_on flagged the run (every process agrees)
+                    self.stopped_by = self.processes.agree_to_stop(self.stopped_by)
+                    if self.stopped_by:
+                        log.warning("stopped after iteration %d: %s (train.stop_on)", it + 1, self.stopped_by)
+                        break
             with self.trainable.applied("policy"):  # the EMA, where it is the policy
                 policy = self.processes.policy_state(self.model.transformer)  # a collective when sharded
                 if self.processes.main:
@@ -189,6 +196,10 @@ class Trainer:
     def _each(self, hook: str, *args) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
+
+    def health(self) -> dict:
+        """The run's health verdict so far (egrpo/health.py) from its rows and held-out points."""
+        return health.assess(self.state.rows, self.state.heldout, self.setting.weights, self.cfg["health"])
 
     def write_outputs(self, policy: dict | None = None) -> dict:
         """train_log.csv, metrics.json and the policy checkpoint (`policy`: its gathered weights when
@@ -206,6 +217,7 @@ class Trainer:
             "recipe": self.algo.recipe(), "max_forward_equivalents": tcfg["max_forward_equivalents"],
             "device": self.model.device.type, "processes": self.processes.world,
             "sharding": "fsdp" if self.processes.sharded else "none", "family": family.name,
-            "ema": self.trainable.ema_setting, "prompt_sampling": tcfg["prompt_sampling"]})
+            "ema": self.trainable.ema_setting, "prompt_sampling": tcfg["prompt_sampling"],
+            "health": self.health(), "stopped_by": self.stopped_by})
         atomic_write_json(self.out_dir / "metrics.json", metrics)
         return metrics

@@ -139,4 +139,5 @@ class PPOUpdate:
             stats.clipped_after.append(clipped)
         else:
             stats.first_dev.append((r - 1).abs())
+            stats.logp_gap.append((logp_new - logp_old).detach()[keep].abs())
         return loss

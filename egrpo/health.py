@@ -1,0 +1,86 @@
+"""Whether a train run is healthy, judged from what it logs (train_log.csv rows and its held-out curve)
+by three documented rules with thresholds in the config's `health:` section (docs/health.md):
+
+  hacking      over the last `points` held-out points, the training reward rose by at least
+               `reward_rise` while a held-out metric the run does not train on fell by at least
+               `heldout_drop`: the reward no longer means what the held-out metric means.
+  lost_signal  the zero-std ratio (share of groups whose rewards do not differ: their advantages are
+               all 0) stayed above `zero_std_ratio` for `iterations` consecutive iterations.
+  mismatch     before the first optimizer step the policy is the rollout's, so every PPO ratio is 1
+               up to rounding; a mean |ratio - 1| above `ratio_dev` in any iteration means the replay
+               does not compute what the rollout computed (precision, a different model, a bug).
+
+`assess` returns {"verdict": "healthy" | "flagged", "flags": [{rule, iteration, line}]}; each line is
+one sentence a reader acts on. Pure Python over the logged numbers: no model, no cost.
+"""
+from __future__ import annotations
+
+import math
+
+RULES = ("hacking", "lost_signal", "mismatch")
+
+
+def _finite(x) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def hacking(rows: list[dict], heldout: list[dict], trained: set[str], rule: dict) -> dict | None:
+    n = rule["points"]
+    if len(heldout) < n or n < 2:
+        return None
+    window = heldout[-n:]
+    start, end = window[0]["iteration"], window[-1]["iteration"]
+
+    def reward_at(iteration: int) -> float | None:   # the training reward around an iteration (mean of up to 3 rows)
+        near = [r["reward_mean"] for r in rows if abs(r["iteration"] - iteration) <= 1 and _finite(r.get("reward_mean"))]
+        return sum(near) / len(near) if near else None
+
+    before, after = reward_at(max(start, 1)), reward_at(end)
+    if before is None or after is None:
+        return None
+    rise = after - before
+    for key in window[0]:
+        metric = key.removeprefix("heldout_")
+        if not key.startswith("heldout_") or metric in trained:
+            continue
+        values = [p.get(key) for p in window]
+        if not all(_finite(v) for v in values):
+            continue
+        drop = values[0] - values[-1]
+        if rise >= rule["reward_rise"] and drop >= rule["heldout_drop"]:
+            return {"rule": "hacking", "iteration": start,
+                    "line": f"reward hacking suspected from iteration {start}: training reward {rise:+.3g} while "
+                            f"held-out {metric} {-drop:+.3g} over the last {n} points"}
+    return None
+
+
+def lost_signal(rows: list[dict], rule: dict) -> dict | None:
+    run, first = 0, None
+    for r in rows:
+        if _finite(r.get("zero_std_ratio")) and r["zero_std_ratio"] > rule["zero_std_ratio"]:
+            run, first = run + 1, first if run else r["iteration"]
+            if run >= rule["iterations"]:
+                return {"rule": "lost_signal", "iteration": first,
+                        "line": f"signal lost: zero-std ratio > {rule['zero_std_ratio']:g} for {run} iterations "
+                                f"from iteration {first} (the groups' rewards do not differ: nothing to learn)"}
+        else:
+            run = 0
+    return None
+
+
+def mismatch(rows: list[dict], rule: dict) -> dict | None:
+    for r in rows:
+        dev = r.get("ratio_abs_dev_first")
+        if _finite(dev) and dev > rule["ratio_dev"]:
+            return {"rule": "mismatch", "iteration": r["iteration"],
+                    "line": f"rollout and training disagree: first-step ratio deviation {dev:.3g} > {rule['ratio_dev']:g} "
+                            f"at iteration {r['iteration']} (log-prob gap {r.get('logp_gap_first', float('nan')):.3g})"}
+    return None
+
+
+def assess(rows: list[dict], heldout: list[dict], trained_rewards, health: dict) -> dict:
+    """The run's verdict from its rows and held-out points; `trained_rewards`: the reward names it
+    trains on (their held-out curves are not evidence against the training reward)."""
+    flags = [f for f in (hacking(rows, heldout, set(trained_rewards), health["hacking"]),
+                         lost_signal(rows, health["lost_signal"]), mismatch(rows, health["mismatch"])) if f]
+    return {"verdict": "flagged" if flags else "healthy", "flags": flags}

@@ -1,0 +1,99 @@
+"""The health rules (egrpo/health.py) on logged numbers, each with the case that must flag it and the
+one that must not; and on real micro runs: a reward constant within groups is lost signal, a replay
+that computes something else than the rollout is a mismatch, a healthy run is healthy."""
+import pytest
+from helpers import plan_file, train_cfg
+
+from egrpo import health
+
+RULES = {"hacking": {"points": 3, "reward_rise": 0.0, "heldout_drop": 0.02},
+         "lost_signal": {"zero_std_ratio": 0.5, "iterations": 3},
+         "mismatch": {"ratio_dev": 1e-3}}
+
+
+def rows(rewards, zero_std=None, dev=None):
+    return [{"iteration": i + 1, "reward_mean": r, "zero_std_ratio": (zero_std or [0.0] * len(rewards))[i],
+             "ratio_abs_dev_first": (dev or [1e-7] * len(rewards))[i], "logp_gap_first": 0.0}
+            for i, r in enumerate(rewards)]
+
+
+def points(values, metric="alignment"):
+    return [{"iteration": 2 * k, "forward_equivalents": 100 * k, f"heldout_{metric}": v} for k, v in enumerate(values)]
+
+
+def test_hacking_is_the_training_reward_up_while_a_held_out_metric_goes_down():
+    climbing = rows([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    flag = health.hacking(climbing, points([0.60, 0.58, 0.55, 0.50]), {"tinyclip"}, RULES["hacking"])
+    assert flag["rule"] == "hacking" and flag["iteration"] == 2
+    assert flag["line"].startswith("reward hacking suspected from iteration 2: training reward +0.4")
+    assert "held-out alignment -0.08 over the last 3 points" in flag["line"]
+    assert health.hacking(climbing, points([0.50, 0.55, 0.60, 0.62]), {"tinyclip"}, RULES["hacking"]) is None
+    # the held-out curve of the reward it trains on is no evidence against it
+    assert health.hacking(climbing, points([0.6, 0.58, 0.55, 0.5], "tinyclip"), {"tinyclip"}, RULES["hacking"]) is None
+    falling = rows([0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])   # both going down: a bad run, not hacking
+    assert health.hacking(falling, points([0.60, 0.58, 0.55, 0.50]), {"tinyclip"}, RULES["hacking"]) is None
+
+
+def test_lost_signal_is_a_run_of_iterations_with_tied_groups():
+    flag = health.lost_signal(rows([0.5] * 6, zero_std=[0.0, 0.8, 1.0, 0.9, 0.0, 0.0]), RULES["lost_signal"])
+    assert flag["iteration"] == 2 and flag["line"].startswith("signal lost: zero-std ratio > 0.5 for 3 iterations")
+    assert health.lost_signal(rows([0.5] * 6, zero_std=[0.0, 0.8, 1.0, 0.0, 0.9, 0.9]), RULES["lost_signal"]) is None
+
+
+def test_mismatch_is_a_first_step_ratio_away_from_one():
+    flag = health.mismatch(rows([0.5] * 3, dev=[1e-7, 0.02, 1e-7]), RULES["mismatch"])
+    assert flag["iteration"] == 2 and "first-step ratio deviation 0.02 > 0.001" in flag["line"]
+    assert health.mismatch(rows([0.5] * 3), RULES["mismatch"]) is None
+
+
+def test_the_verdict_collects_every_flag():
+    bad = rows([0.5] * 4, zero_std=[1.0] * 4, dev=[0.5] * 4)
+    verdict = health.assess(bad, [], ["c"], RULES)
+    assert verdict["verdict"] == "flagged" and [f["rule"] for f in verdict["flags"]] == ["lost_signal", "mismatch"]
+    assert health.assess(rows([0.5] * 4), [], ["c"], RULES) == {"verdict": "healthy", "flags": []}
+
+
+def run(tmp_path, tiny_model_dir, **train):
+    from egrpo.stages.train import run_train
+
+    cfg = train_cfg(tmp_path, **{"iterations": 4, **train})
+    return cfg, run_train(cfg, "dancegrpo", "color", 0, str(tiny_model_dir), None, tmp_path / "o", tmp_path / "r")
+
+
+def test_a_healthy_micro_run_is_healthy_and_logs_its_health_metrics(tmp_path, tiny_model_dir):
+    import pandas as pd
+
+    _, metrics = run(tmp_path, tiny_model_dir)
+    assert metrics["health"] == {"verdict": "healthy", "flags": []} and metrics["stopped_by"] is None
+    log = pd.read_csv(tmp_path / "o/train_log.csv")
+    assert (log["diversity"] > 0).all() and (log["group_reward_std"] > 0).all()
+    assert (log["logp_gap_first"] < 1e-4).all()   # fp32: the replay computes what the rollout computed
+
+
+def test_a_reward_constant_within_groups_is_lost_signal_and_stop_on_ends_the_run(tmp_path, tiny_model_dir, monkeypatch):
+    import torch
+
+    from egrpo.rewards import offline
+
+    monkeypatch.setattr(offline, "prompt_color", lambda cfg: lambda images, prompts: torch.full((len(prompts),), 0.5))
+    _, metrics = run(tmp_path, tiny_model_dir, iterations=6, stop_on=["lost_signal"])
+    flags = metrics["health"]["flags"]
+    assert [f["rule"] for f in flags] == ["lost_signal"]
+    assert metrics["stopped_by"] == flags[0]["line"] and metrics["iterations"] == 3   # flagged at iteration 3 of 6
+
+
+def test_a_replay_that_computes_something_else_is_a_mismatch(tmp_path, tiny_model_dir, monkeypatch):
+    """The rollout samples and stores log-probs under one velocity, the training replays another
+    (here: the velocity scaled by 1.05, as a replay in a lower precision or with another kernel would
+    drift): the first-step ratios leave 1 and the rule flags it."""
+    from egrpo.train.update import PPOUpdate
+
+    original = PPOUpdate.transition_loss
+
+    def drifted(self, tr, adv, v, v_ref, stats, first_epoch):
+        return original(self, tr, adv, v * 1.05, v_ref, stats, first_epoch)
+
+    monkeypatch.setattr(PPOUpdate, "transition_loss", drifted)
+    _, metrics = run(tmp_path, tiny_model_dir)
+    assert [f["rule"] for f in metrics["health"]["flags"]] == ["mismatch"]
+    assert "rollout and training disagree" in metrics["health"]["flags"][0]["line"]
