@@ -44,6 +44,10 @@ class Conditioning:
         assert self.batch == 1, "expand() repeats a one-prompt conditioning"
         return Conditioning({k: v.expand(n, *v.shape[1:]) for k, v in self.rows.items()}, self.shared)
 
+    def repeat_each(self, n: int) -> "Conditioning":
+        """Every sample's rows n times in a row (B prompts -> B*n rows: each prompt's images together)."""
+        return Conditioning({k: v.repeat_interleave(n, dim=0) for k, v in self.rows.items()}, self.shared)
+
     def select(self, index: int) -> "Conditioning":
         return Conditioning({k: v[index:index + 1] for k, v in self.rows.items()}, self.shared)
 

@@ -6,6 +6,7 @@ iteration, as a memory phase starts); it never names a test.
     EGRPO_FAULT="hang-after-iteration:1"        hang after iteration 1 (a peer that stops answering),
                                                 until its parent process is gone
     EGRPO_FAULT="slow-iteration:12"             every iteration 12 s longer (a run that outlasts a limit)
+    EGRPO_FAULT="kill-after-prompts:3"          SIGKILL an evaluate job (not resumed) after it scored 3 prompts
     EGRPO_FAULT="oom:train:training"            a CUDA out-of-memory error as phase `training` of stage
                                                 `train` starts (any stage and phase of device.memory_phase)
 
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass
 
 VARIABLE = "EGRPO_FAULT"
-KINDS = ("kill-after-iteration", "hang-after-iteration", "slow-iteration", "oom")
+KINDS = ("kill-after-iteration", "hang-after-iteration", "slow-iteration", "kill-after-prompts", "oom")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class FaultPlan:
     hang_after: int | None = None
     slow_s: float = 0.0
     oom_at: tuple[str, str] | None = None
+    kill_after_prompts: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> "FaultPlan":
@@ -40,6 +42,8 @@ class FaultPlan:
                 fields["hang_after"] = int(arg)
             elif kind == "slow-iteration":
                 fields["slow_s"] = float(arg)
+            elif kind == "kill-after-prompts":
+                fields["kill_after_prompts"] = int(arg)
             elif kind == "oom" and arg.count(":") == 1:
                 fields["oom_at"] = tuple(arg.split(":"))
             else:
@@ -56,6 +60,10 @@ class FaultPlan:
             os._exit(1)
         if self.slow_s:
             time.sleep(self.slow_s)
+
+    def after_prompts(self, done: int, resumed: bool) -> None:
+        if self.kill_after_prompts == done and not resumed:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def at_phase(self, stage: str, phase: str) -> None:
         if self.oom_at == (stage, phase):

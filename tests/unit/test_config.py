@@ -29,7 +29,8 @@ def test_paper_config_and_its_one_gpu_overlay():
     update_config(merged, yaml.safe_load(open("config/paper-1gpu.yaml")))
     one = validate(merged)
     assert one["train"]["finetune"] == "lora" and one["train"]["sharding"] == "none"
-    assert one["resources"]["train"]["gpu"] == 1 and one["resources"]["evaluate"] == paper["resources"]["evaluate"]
+    assert one["resources"]["train"]["gpu"] == 1 and one["resources"]["evaluate"]["gpu"] == 1
+    assert paper["resources"]["evaluate"]["gpu"] == 8 and paper["evaluate"]["batch_size"] == 4
     assert {k: v for k, v in one["train"].items() if k not in ("finetune", "sharding", "lora_rank", "lora_alpha")} == \
         {k: v for k, v in paper["train"].items() if k not in ("finetune", "sharding", "lora_rank", "lora_alpha")}
 
@@ -53,7 +54,7 @@ def test_official_plan_overlay_and_the_family_configs():
     update_config(merged, yaml.safe_load(open("config/paper-dancegrpo-2nodes.yaml")))
     dance = validate(coerce_strings(merged))
     assert dance["resources"]["train"]["nodes"] == 2 and dance["resources"]["train"]["gpu"] == 8
-    assert dance["resources"]["evaluate"]["gpu"] == 1 and dance["train"]["prompts_per_iteration"] == 16
+    assert dance["resources"]["evaluate"]["gpu"] == 8 and dance["train"]["prompts_per_iteration"] == 16
     assert dance["train"]["gradient_checkpointing"] and dance["algorithms"] == ["dancegrpo"]
     merged["train"]["prompts_per_iteration"] = 8
     with pytest.raises(ConfigError, match="split evenly over the train job's 16 processes"):

@@ -11,6 +11,8 @@ rule evaluate:
         model=MODEL_DIR,
         checkpoint=lambda w, input: f"--checkpoint {input.checkpoint}" if "checkpoint" in input.keys() else "",
         out=lambda w: f"{RESULTS}/eval/{w.name}",
+        resume=lambda w: f"{RESULTS}/resume/evaluate/{w.name}",
+        gpus=lambda w, resources: resources.get("gpu", 0),
     log:
         f"{LOGS}/evaluate/{{name}}.log",
     benchmark:
@@ -20,4 +22,5 @@ rule evaluate:
         **config["resources"]["evaluate"],
     shell:
         "OMP_NUM_THREADS={threads} egrpo evaluate --config {CONFIG_FILE:q} --model {params.model:q}"
-        " {params.checkpoint} --name {wildcards.name} --out {params.out:q} 2> {log:q}"
+        " {params.checkpoint} --name {wildcards.name} --out {params.out:q} --resume-dir {params.resume:q}"
+        " --gpus {params.gpus} 2> {log:q}"
