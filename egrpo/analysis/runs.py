@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from egrpo.errors import UserError
-from egrpo.runtime.tracking import mlflow_for
+from egrpo.runtime.tracking import flatten, mlflow_for
 
 
 def gpu_hours(metrics: dict) -> float:
@@ -61,6 +61,34 @@ def per_style_table(eval_summaries: list[str]) -> pd.DataFrame:
     return table.reset_index()
 
 
+# the config keys each stage's results depend on: a run is the config's when its logged params agree on them
+DEPENDS = {"train": ("model.", "sampling.", "train.", "algorithm_params.", "reward_settings.", "reward_models.",
+                     "prompts.train"),
+           "evaluate": ("model.", "sampling.", "evaluate.", "reward_models.", "prompts.eval", "prompts.benchmark")}
+VOLATILE_KEYS = ("model.device", "train.time_limit_margin_s", "train.peer_timeout_s", "evaluate.time_limit_margin_s")
+
+
+def matches_config(runs: pd.DataFrame, cfg: dict) -> pd.Series:
+    """Per run: whether its logged params (MLflow logs the whole resolved config) agree with `cfg` on
+    every key its stage's results depend on (DEPENDS), so that an older config shows its own runs."""
+    wanted = flatten(cfg)
+    keep = pd.Series(True, index=runs.index)
+    for stage, prefixes in DEPENDS.items():
+        of_stage = runs["tags.stage"] == stage
+        for key, value in wanted.items():
+            if key.startswith(prefixes) and not key.startswith(VOLATILE_KEYS) and f"params.{key}" in runs:
+                logged = runs[f"params.{key}"]
+                keep &= ~of_stage | logged.isna() | (logged == value)
+    return keep
+
+
+def config_differences(a: dict, b: dict) -> list[str]:
+    """The keys where two configs differ, as `key: a -> b`."""
+    fa, fb = flatten(a), flatten(b)
+    return [f"{k}: {fa.get(k, '(unset)')} -> {fb.get(k, '(unset)')}" for k in sorted(set(fa) | set(fb))
+            if fa.get(k) != fb.get(k)]
+
+
 def per_policy_from_mlflow(cfg: dict, filter_string: str = "") -> pd.DataFrame:
     """The rows of `collect`, read from the MLflow store instead of the files: the latest finished
     evaluate run of each policy, joined with the latest finished train run of its (algorithm,
@@ -70,6 +98,8 @@ def per_policy_from_mlflow(cfg: dict, filter_string: str = "") -> pd.DataFrame:
     runs = mlflow.search_runs(experiment_names=[cfg["experiment"]], filter_string=query)
     if not runs.empty and "tags.origin" in runs:
         runs = runs[runs["tags.origin"].fillna("dag") != "by-hand"]
+    if not runs.empty:   # the given config's runs only (an older or another variant's runs are not)
+        runs = runs[matches_config(runs, cfg)]
     if runs.empty:
         return pd.DataFrame()
     runs = runs.sort_values("start_time")

@@ -6,9 +6,9 @@ import sys
 import pandas as pd
 
 from egrpo.analysis.markdown import markdown
-from egrpo.analysis.runs import per_policy_from_mlflow
+from egrpo.analysis.runs import config_differences, per_policy_from_mlflow
 from egrpo.analysis.tables import summary_table
-from egrpo.config import reward_names
+from egrpo.config import load, reward_names
 from egrpo.errors import UserError
 from egrpo.runtime.io import atomic_write_text
 
@@ -20,12 +20,34 @@ CONFIG = "config/config.yaml"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--filter", default="", help="extra MLflow filter, e.g. \"tags.reward_setting = 'color'\"")
+    p.add_argument("variants", nargs="*", metavar="CONFIG",
+                   help="configs to show side by side (each with its own runs), with the keys where they differ")
+    p.add_argument("--filter", default="", help="extra MLflow filter, e.g. \"tags.reward_setting = 'tinyclip'\"")
     p.add_argument("--out", help="CSV file to write")
 
 
 def run(args, cfg) -> None:
-    run_compare(cfg, args.filter, args.out)
+    if args.variants:
+        run_variants(args.variants, args.filter, args.out)
+    else:
+        run_compare(cfg, args.filter, args.out)
+
+
+def run_variants(paths: list[str], filter_string: str = "", out_csv: str | None = None) -> pd.DataFrame:
+    """Several configs side by side: each one's table from its own runs, a `variant` column, and the
+    keys where the configs differ."""
+    configs = [load(p) for p in paths]
+    for path, other in zip(paths[1:], configs[1:]):
+        diff = config_differences(configs[0], other)
+        print(f"{paths[0]} -> {path}: {len(diff)} key(s) differ" + "".join(f"\n  {d}" for d in diff))
+    tables = []
+    for path, cfg in zip(paths, configs):
+        print(f"\n## {path}\n")
+        tables.append(run_compare(cfg, filter_string).assign(variant=path))
+    table = pd.concat(tables, ignore_index=True)
+    if out_csv:
+        atomic_write_text(out_csv, table.to_csv(index=False))
+    return table
 
 
 def run_compare(cfg: dict, filter_string: str = "", out_csv: str | None = None) -> pd.DataFrame:

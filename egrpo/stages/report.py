@@ -12,7 +12,7 @@ from egrpo.analysis.markdown import heldout_line, markdown, per_task_markdown
 from egrpo.analysis.paired import comparisons
 from egrpo.analysis.runs import collect, eval_scores, heldout_table, per_style_table, per_task_table
 from egrpo.analysis.tables import health_note, requeue_note, summary_table
-from egrpo.config import reward_names
+from egrpo.config import config_hash, reward_names
 from egrpo.runtime.io import atomic_write_text
 from egrpo.runtime.tracking import stage_run
 
@@ -109,4 +109,18 @@ def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries,
                                 metric=(cfg["evaluate"]["metrics"] or metrics or [None])[0])
         for f in FILES:
             mlflow.log_artifact(str(out_dir / f))
+    keep_for_config(cfg, out_dir)
     return table
+
+
+def keep_for_config(cfg: dict, out_dir: Path) -> Path:
+    """A copy of this report in report/by-config/<config hash>/: report/ is always the latest, and a
+    rerun with another config does not lose the earlier config's report."""
+    import shutil
+
+    target = out_dir / "by-config" / config_hash(cfg)
+    target.mkdir(parents=True, exist_ok=True)
+    for f in out_dir.iterdir():
+        if f.is_file():
+            shutil.copy2(f, target / f.name)
+    return target

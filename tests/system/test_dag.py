@@ -99,6 +99,19 @@ def test_report_html_and_compare_agree_with_the_table(micro_dag_copy):
     assert "| egrpo |" in only.stdout and "| dancegrpo |" not in only.stdout
     assert "left out 1 run(s) outside the config's algorithms, reward settings and seeds: dancegrpo-color-seed0" \
         in only.stderr
+    # another variant (a different learning rate): none of these trained policies is its (the base model,
+    # which training does not touch, is), and side by side with the config that made them, the differing
+    # key is named
+    cfg = yaml.safe_load(config.read_text())
+    cfg["train"]["learning_rate"] = 0.5
+    (workflow / "variant.yaml").write_text(yaml.safe_dump(cfg))
+    variant = subprocess.run([sys.executable, "-m", "egrpo", "compare", "--config", "variant.yaml"], cwd=workflow,
+                             capture_output=True, text=True)
+    assert variant.returncode == 0 and "| base |" in variant.stdout, variant.stderr[-2000:]
+    assert "| egrpo |" not in variant.stdout and "| dancegrpo |" not in variant.stdout
+    both = subprocess.run([sys.executable, "-m", "egrpo", "compare", str(config), "variant.yaml"], cwd=workflow,
+                          capture_output=True, text=True)
+    assert "train.learning_rate: " in both.stdout and " -> 0.5" in both.stdout, both.stdout[-2000:]
 
 
 def test_noop_rerun_and_forced_stage_rerun(micro_dag_copy):
