@@ -10,10 +10,10 @@ import yaml
 from helpers import ROOT, micro_config
 
 
-def evaluate(tmp_path, model, out, *extra, processes=1, env=None, batch=1):
-    cfg = micro_config(tmp_path, evaluate={"images_per_prompt": 2, "batch_size": batch})
+def evaluate(tmp_path, model, out, *extra, processes=1, env=None, batch=1, per_prompt=2):
+    cfg = micro_config(tmp_path, evaluate={"images_per_prompt": per_prompt, "batch_size": batch})
     cfg["prompts"]["eval"] = str(ROOT / "config/prompts/eval.txt")   # 16 prompts to split
-    config = tmp_path / f"cfg{batch}.yaml"
+    config = tmp_path / f"cfg{batch}-{per_prompt}.yaml"
     config.write_text(yaml.safe_dump(cfg))
     args = ["-m", "egrpo", "evaluate", "--config", str(config), "--model", str(model), "--name", "base",
             "--out", str(out), "--resume-dir", str(out) + "-resume", *extra]
@@ -48,8 +48,8 @@ def test_three_shards_a_killed_and_resumed_job_and_one_process_score_the_same(tm
 
 
 def test_batched_prompts_score_what_one_prompt_at_a_time_scores(tmp_path, tiny_model_dir):
-    one = evaluate(tmp_path, tiny_model_dir, tmp_path / "one")
-    four = evaluate(tmp_path, tiny_model_dir, tmp_path / "four", batch=4)
+    one = evaluate(tmp_path, tiny_model_dir, tmp_path / "one", per_prompt=1)
+    four = evaluate(tmp_path, tiny_model_dir, tmp_path / "four", batch=4, per_prompt=1)
     assert one.returncode == 0 and four.returncode == 0, four.stderr[-3000:]
     a, b = pd.read_csv(tmp_path / "one/scores.csv"), pd.read_csv(tmp_path / "four/scores.csv")
     pd.testing.assert_frame_equal(a[["prompt_index", "image_index", "seed"]], b[["prompt_index", "image_index", "seed"]])
@@ -60,9 +60,10 @@ def test_a_time_limit_stops_between_prompts_and_the_next_job_continues(tmp_path,
     import time
 
     env = {"EGRPO_JOB_END_TIME": str(time.time() + 30)}   # the margin (120 s by default) is already past
-    first = evaluate(tmp_path, tiny_model_dir, tmp_path / "t", env=env)
+    first = evaluate(tmp_path, tiny_model_dir, tmp_path / "t", env=env, per_prompt=1)
     assert first.returncode == 75, first.stderr[-3000:]
     assert "prompts scored and kept" in first.stderr.strip().splitlines()[-1]
-    second = evaluate(tmp_path, tiny_model_dir, tmp_path / "t")
+    second = evaluate(tmp_path, tiny_model_dir, tmp_path / "t", per_prompt=1)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert len(pd.read_csv(tmp_path / "t/scores.csv")) == 2 * pd.read_csv(tmp_path / "t/scores.csv")["prompt_index"].nunique()
+    scores = pd.read_csv(tmp_path / "t/scores.csv")
+    assert len(scores) == scores["prompt_index"].nunique() == 16 and "resuming eval: 1 of 16" in second.stderr
