@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageDraw
 
 from egrpo.rewards.offline import COLORS
+from egrpo.tinyworld import object_mask
 
 PALETTE = ("red", "green", "blue", "yellow", "purple", "cyan", "orange", "white")
 SHAPES = ("circle", "square", "triangle")
@@ -234,21 +234,6 @@ def split(n: int, seed: int, heldout: bool, tasks=TASKS) -> list[CompScene]:
 
 
 # ---- rendering -------------------------------------------------------------------------------------
-
-def object_mask(shape: str, centre: tuple[float, float], extent: float, resolution: int) -> np.ndarray:
-    mask = Image.new("L", (resolution, resolution), 0)
-    draw = ImageDraw.Draw(mask)
-    cx, cy = (v * resolution for v in centre)
-    r = extent * resolution
-    if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-    elif shape == "square":
-        s = r * 0.85
-        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=255)
-    else:
-        draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=255)
-    return np.asarray(mask) > 127
-
 
 def render(scene: CompScene, resolution: int) -> torch.Tensor:
     """The scene as an image [3, H, W] in [0, 1]."""

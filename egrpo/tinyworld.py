@@ -65,20 +65,26 @@ def parse(prompt: str) -> Scene | None:
     return Scene(shape, color, background, position, size)
 
 
-def shape_mask(scene: Scene, resolution: int) -> np.ndarray:
-    """Boolean [H, W] mask of the shape's pixels."""
+def object_mask(shape: str, centre: tuple[float, float], extent: float, resolution: int) -> np.ndarray:
+    """Boolean [H, W] mask of one shape at `centre` (fractions of the side) with half-extent `extent`
+    (a fraction of the side): the drawing both tiny worlds share."""
     mask = Image.new("L", (resolution, resolution), 0)
     draw = ImageDraw.Draw(mask)
-    cx, cy = (v * resolution for v in POSITIONS[scene.position])
-    r = SIZES[scene.size] * resolution
-    if scene.shape == "circle":
+    cx, cy = (v * resolution for v in centre)
+    r = extent * resolution
+    if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-    elif scene.shape == "square":
+    elif shape == "square":
         s = r * 0.85
         draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=255)
     else:
         draw.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=255)
     return np.asarray(mask) > 127
+
+
+def shape_mask(scene: Scene, resolution: int) -> np.ndarray:
+    """Boolean [H, W] mask of the shape's pixels."""
+    return object_mask(scene.shape, POSITIONS[scene.position], SIZES[scene.size], resolution)
 
 
 def render(scene: Scene, resolution: int) -> torch.Tensor:
