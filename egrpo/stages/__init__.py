@@ -28,6 +28,7 @@ STAGES = {
     "report": "egrpo.stages.report",
     "claims": "egrpo.stages.claims",
     "compare": "egrpo.stages.compare",
+    "cost": "egrpo.stages.cost",
     "mlflow-init": "egrpo.stages.mlflow_init",
     "prompts": "egrpo.stages.prompts",
     "rewards": "egrpo.stages.list_rewards",

@@ -1,0 +1,146 @@
+"""What a config will compute before any job runs: the exact model calls of every train and evaluate
+job (the algorithms' own rollouts, run on a counting stand-in of the model: no weights, no device),
+forward-equivalents, and GPU-seconds from the measured rates of egrpo/data/rates.yaml (transformer
+only; unmeasured families and resolutions say so).
+
+Train job: iterations (or the budget of train.max_forward_equivalents, whichever ends first) x the
+calls of one iteration of `train.prompts_per_iteration` prompts; rollout calls cost a forward each,
+training calls a forward + backward, reference (KL) calls a forward. Evaluate job: the eval and
+benchmark prompts x images x steps. Profile, threshold, report: small, not counted.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import yaml
+
+from egrpo.algorithms import build_algorithm
+from egrpo.algorithms.facts import uses_plan
+from egrpo.errors import UserError
+from egrpo.models.base import Conditioning, TrueCFG
+from egrpo.models.registry import family_class
+from egrpo.plan import make_plan
+from egrpo.runtime.io import load_prompts
+from egrpo.runtime.paths import DATA
+
+
+class CountingModel:
+    """The part of FlowModel a rollout uses, counting calls: velocities are zeros, latents tiny."""
+
+    def __init__(self, evaluations_per_call: int):
+        self.evaluations_per_call, self.nfe, self.device = evaluations_per_call, 0, torch.device("cpu")
+
+    def initial_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, 1, 1, generator=generator, device="cpu")
+
+    def velocity(self, x: torch.Tensor, sigma, cond, reference: bool = False) -> torch.Tensor:
+        self.nfe += x.shape[0] * self.evaluations_per_call
+        return torch.zeros_like(x)
+
+
+@dataclass
+class JobCost:
+    job: str
+    iterations: int
+    rollout_calls: int
+    train_calls: int
+    reference_calls: int
+    forward_equivalents: int
+    gpu_seconds: float | None
+    note: str
+
+
+def evaluations_per_call(cfg: dict) -> int:
+    family = family_class(cfg["model"].get("family") or "flux")
+    return 2 if issubclass(family, TrueCFG) and cfg["sampling"]["guidance"] > 1 else 1
+
+
+def plan_without_profile(cfg: dict) -> list[tuple[int, int]]:
+    """The merge plan from the config alone; a family's pipeline schedule needs the profile's sigmas,
+    so there the static schedule stands in (within ~1% of the pipeline's: the same plan in practice)."""
+    try:
+        plan = make_plan(cfg, None)
+    except UserError:
+        plan = make_plan({**cfg, "sampling": {**cfg["sampling"], "schedule": "static"}}, None)
+    return [(e["start"], e["length"]) for e in plan["plan"]]
+
+
+def per_prompt_calls(cfg: dict, algorithm: str) -> tuple[int, int, int]:
+    """(rollout, training, reference) transformer evaluations of one prompt in one iteration."""
+    plan = plan_without_profile(cfg) if uses_plan(algorithm) else None
+    algo = build_algorithm(algorithm, cfg, plan)
+    model = CountingModel(evaluations_per_call(cfg))
+    cond = Conditioning({"embeds": torch.zeros(1, 1, device="cpu")})
+    groups = algo.rollout(model, cond, 0, torch.Generator().manual_seed(0), 0)
+    train = algo.expected_train_nfe(groups) * cfg["train"]["inner_epochs"] * model.evaluations_per_call
+    reference = train if algo.kl_beta > 0 else 0
+    return model.nfe, train, reference
+
+
+def rate(cfg: dict, rates: list[dict]) -> tuple[dict | None, str]:
+    """The measured rate for the config's family and resolution (scaled by image tokens), or None."""
+    family, resolution = cfg["model"].get("family") or "flux", cfg["sampling"]["resolution"]
+    rows = [r for r in rates if r["family"] == family]
+    if not rows:
+        return None, f"{family}: no measured rate (run benchmarks/gpu_e2e.py on a GPU)"
+    nearest = min(rows, key=lambda r: abs(r["resolution"] - resolution))
+    scale = (resolution / nearest["resolution"]) ** 2
+    scaled = {k: nearest[k] * scale for k in ("forward_s", "forward_backward_s")}
+    how = "measured" if scale == 1 else f"scaled from {nearest['resolution']} px by image tokens"
+    return scaled, f"{nearest['gpu']}, {how}: {nearest['source']}"
+
+
+def train_cost(cfg: dict, algorithm: str, speed: dict | None) -> JobCost:
+    rollout, train, reference = per_prompt_calls(cfg, algorithm)
+    prompts = cfg["train"]["prompts_per_iteration"]
+    per_iteration = prompts * (rollout + 3 * train + reference)
+    iterations = cfg["train"]["iterations"]
+    budget = cfg["train"]["max_forward_equivalents"]
+    if budget is not None:
+        iterations = min(iterations, math.ceil(budget / per_iteration))
+    seconds = None if speed is None else iterations * prompts * (
+        (rollout + reference) * speed["forward_s"] + train * speed["forward_backward_s"])
+    return JobCost(f"train {algorithm}", iterations, iterations * prompts * rollout, iterations * prompts * train,
+                   iterations * prompts * reference, iterations * per_iteration, seconds, "")
+
+
+# prompts of the paper's evaluation files (HPDv2 test set, hpsv2's benchmark), used before they are downloaded
+PUBLISHED = {"prompts.eval": 400, "prompts.benchmark": 3200}
+
+
+def _prompt_count(cfg: dict, key: str) -> tuple[int, str]:
+    try:
+        return len(load_prompts(cfg["prompts"][key], f"prompts.{key}")), ""
+    except UserError:
+        return PUBLISHED[f"prompts.{key}"], f"prompts.{key} not there yet: counted as the published {PUBLISHED[f'prompts.{key}']}"
+
+
+def evaluate_cost(cfg: dict, speed: dict | None) -> JobCost:
+    e, calls_per = cfg["evaluate"], evaluations_per_call(cfg)
+    steps = e["num_steps"] or cfg["sampling"]["num_steps"]
+    n, notes = _prompt_count(cfg, "eval")
+    images = n * e["images_per_prompt"]
+    if cfg["prompts"].get("benchmark"):
+        m, note = _prompt_count(cfg, "benchmark")
+        images += m * e["benchmark_images_per_prompt"]
+        notes = "; ".join(x for x in (notes, note) if x)
+    calls = images * steps * calls_per
+    scale = ((e["resolution"] or cfg["sampling"]["resolution"]) / cfg["sampling"]["resolution"]) ** 2
+    seconds = None if speed is None else calls * speed["forward_s"] * scale
+    return JobCost("evaluate (one policy)", 1, calls, 0, 0, calls, seconds,
+                   f"{images} images x {steps} steps" + (f"; {notes}" if notes else ""))
+
+
+def estimate(cfg: dict) -> tuple[list[tuple[JobCost, int, float]], str]:
+    """Every job kind with how many of it the config runs and its GPUs; the rate's source."""
+    rates = yaml.safe_load((DATA / "rates.yaml").read_text())
+    speed, source = rate(cfg, rates)
+    res = cfg["resources"]
+    runs = len(cfg["reward_settings"]) * len(cfg["seeds"])
+    jobs = [(train_cost(cfg, a, speed), runs, res["train"].get("gpu", 0) * (res["train"].get("nodes") or 1))
+            for a in cfg["algorithms"]]
+    policies = 1 + len(cfg["algorithms"]) * runs
+    jobs.append((evaluate_cost(cfg, speed), policies, res["evaluate"].get("gpu", 0)))
+    return jobs, source
