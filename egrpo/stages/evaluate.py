@@ -57,16 +57,19 @@ def to_uint8(image: torch.Tensor):
     return (image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
 
 
-def image_grid(images: list[torch.Tensor], columns: int):
-    """Tile images [3, H, W] into one uint8 array, `columns` per row."""
+def image_grid(images: list[torch.Tensor], columns: int, min_size: int = 96):
+    """Tile images [3, H, W] into one uint8 array, `columns` per row; images smaller than `min_size`
+    px are enlarged by a whole factor (nearest neighbour: the tiny world's 32 px stay readable)."""
     import numpy as np
 
-    rows = (len(images) + columns - 1) // columns
-    _, h, w = images[0].shape
+    scale = max(1, -(-min_size // max(images[0].shape[1:])))
+    tiles = [np.repeat(np.repeat(to_uint8(img), scale, 0), scale, 1) for img in images]
+    rows = (len(tiles) + columns - 1) // columns
+    h, w, _ = tiles[0].shape
     canvas = np.ones((rows * (h + 2), columns * (w + 2), 3), dtype=np.uint8) * 255
-    for n, img in enumerate(images):
+    for n, tile in enumerate(tiles):
         r, c = divmod(n, columns)
-        canvas[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = to_uint8(img)
+        canvas[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = tile
     return canvas
 
 
