@@ -99,3 +99,29 @@ def heldout_panels(table: pd.DataFrame, points: int = 50) -> tuple[float, list[d
             panels.append({"metric": metric, "setting": setting, "lines": lines, "at_budget": at_budget,
                            "per_seed": per_seed})
     return budget, panels
+
+
+def reward_vs_truth(table: pd.DataFrame, settings: dict[str, dict], truth: str) -> list[dict]:
+    """Per reward setting and algorithm: how the held-out value of the reward it trains on and of the
+    ground truth `truth` moved from the base (the curve's first point), mean over seeds, against
+    forward-equivalents, and both at the common budget. A learned reward that rises while the truth
+    does not is the reward hacking the report shows. Only settings whose trained reward was measured."""
+    budget = common_budget(table)
+    out = []
+    for setting, weights in settings.items():
+        trained = next((r for r in weights if r != truth and f"heldout_{r}" in table), None)
+        if trained is None or f"heldout_{truth}" not in table:
+            continue
+        rows = table[table["reward_setting"] == setting]
+        for algorithm, mine in rows.groupby("algorithm", sort=False):
+            end = float(mine.groupby("seed")["forward_equivalents"].max().min())
+            grid = np.linspace(0, end, 50)
+            moved = {}
+            for metric in (trained, truth):
+                ys = on_grid(mine, grid, f"heldout_{metric}")
+                moved[metric] = (ys - ys[:, :1]).mean(0)
+                at = on_grid(mine, np.array([0.0, budget]), f"heldout_{metric}")
+                moved[f"{metric}_at_budget"] = float((at[:, 1] - at[:, 0]).mean())
+            out.append({"setting": setting, "algorithm": algorithm, "trained": trained, "truth": truth,
+                        "grid": grid, **moved})
+    return out

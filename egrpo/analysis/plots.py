@@ -271,3 +271,42 @@ def plot_claims(curves: pd.DataFrame, profile: pd.DataFrame, merged: pd.DataFram
     bx.legend(fontsize=8)
     save_figure(fig, path)
     plt.close(fig)
+
+
+def plot_reward_vs_truth(lines: list[dict], budget: float, path) -> None:
+    """One panel per reward setting: per algorithm, the held-out change of the reward it trains on
+    (solid) and of the ground truth (dashed) from the base, against forward-equivalents; the title
+    gives both at the common budget."""
+    import textwrap
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(line["setting"] for line in lines))
+    fig, axes = plt.subplots(1, max(1, len(settings)), figsize=(5.8 * max(1, len(settings)), 4.4), squeeze=False)
+    colours = {a: f"C{n}" for n, a in enumerate(dict.fromkeys(line["algorithm"] for line in lines))}
+    for ax, setting in zip(axes[0], settings):
+        said = []
+        for line in (x for x in lines if x["setting"] == setting):
+            c = colours[line["algorithm"]]
+            ax.plot(line["grid"], line[line["trained"]], color=c, label=f"{line['algorithm']}: {line['trained']}")
+            ax.plot(line["grid"], line[line["truth"]], color=c, ls="--", label=f"{line['algorithm']}: {line['truth']}")
+            said.append(f"{line['algorithm']} {line['trained']} {line[line['trained'] + '_at_budget']:+.3f}, "
+                        f"{line['truth']} {line[line['truth'] + '_at_budget']:+.3f}")
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.axvline(budget, color="0.4", ls=":", lw=1)
+        ax.set_title(textwrap.fill(f"{setting}, change from the base at {_short(budget)} forward-equivalents: "
+                                   + "; ".join(said), 70), fontsize=8.5)
+        ax.set_xlabel("forward-equivalents\ndotted: the common budget")
+        ax.set_ylabel("held-out change from the base model")
+        ax.legend(fontsize=7)
+    if not settings:
+        axes[0][0].axis("off")
+        axes[0][0].text(0.5, 0.5, "measure the trained reward and the ground truth on the held-out set\n"
+                        "(train.heldout.metrics) to see them against each other", ha="center", va="center")
+    fig.suptitle("The learned reward against the ground truth (solid: the reward trained on; dashed: the truth)",
+                 fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)

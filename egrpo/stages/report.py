@@ -20,7 +20,7 @@ NAME = "report"
 HELP = "Tables and plots from the profile, plan, training and evaluation outputs."
 INPUTS = ("profile", "plan", "train_metrics", "eval_summaries")
 FILES = ("table.csv", "table.md", "entropy_plan.png", "reward_std_per_step.png", "train_reward_vs_nfe.png",
-         "train_reward_vs_wall.png", "heldout_vs_compute.png", "image_grid.png")
+         "train_reward_vs_wall.png", "heldout_vs_compute.png", "reward_vs_truth.png", "image_grid.png")
 
 
 def add_arguments(p) -> None:
@@ -47,6 +47,17 @@ def heldout_figure(train_metrics: list[str], path, set_note: str = "") -> str:
     lines = [heldout_line(panel, budget, several) for panel in panels]
     plots.plot_heldout(budget, panels, lines, path, set_note)
     return "\n".join(lines)
+
+
+def reward_vs_truth_figure(cfg: dict, train_metrics: list[str], path) -> None:
+    """reward_vs_truth.png: the held-out change of the reward each run trains on against the ground
+    truth's (the first evaluate metric that is no training reward; the tiny world's alignment)."""
+    table = heldout_table([json.loads(Path(p).read_text()) for p in train_metrics])
+    trained = {r for weights in cfg["reward_settings"].values() for r in weights}
+    truth = next((m for m in cfg["evaluate"]["metrics"] if m not in trained), None)
+    ok = not table.empty and truth is not None and f"heldout_{truth}" in table
+    lines = curves.reward_vs_truth(table, cfg["reward_settings"], truth) if ok else []
+    plots.plot_reward_vs_truth(lines, curves.common_budget(table) if lines else 0.0, path)
 
 
 def summary_line(heldout: str, cmp, metrics: list[str], baseline: str = "dancegrpo") -> str:
@@ -91,6 +102,7 @@ def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries,
             atomic_write_text(out_dir / "comparisons.csv", cmp.to_csv(index=False))
         notes = base_notes(cfg, eval_summaries)
         heldout = heldout_figure(list(train_metrics), out_dir / "heldout_vs_compute.png", notes["heldout"])
+        reward_vs_truth_figure(cfg, list(train_metrics), out_dir / "reward_vs_truth.png")
         atomic_write_text(out_dir / "summary.txt", summary_line(heldout, cmp, metrics) + "\n")
         tasks = per_task_table(eval_summaries)
         atomic_write_text(out_dir / "per_task.csv", tasks.to_csv(index=False))

@@ -106,3 +106,28 @@ def test_the_image_grid_reads_each_images_score(tmp_path):
     policy_image_grid([tmp_path / "base", tmp_path / "egrpo-color-seed0"], tmp_path / "grid.png", metric="alignment")
     grid = Image.open(tmp_path / "grid.png")
     assert grid.size[1] > 2 * 96   # two rows of enlarged images under their captions
+
+
+def test_the_learned_reward_is_drawn_against_the_truth(tmp_path):
+    """reward_vs_truth: each run's held-out change of the reward it trains on and of the ground truth
+    from the base, mean over seeds, read at the common budget."""
+    from egrpo.analysis.curves import reward_vs_truth
+    from egrpo.analysis.runs import heldout_table
+    from egrpo.stages.report import reward_vs_truth_figure
+
+    def run(seed, tiny, truth):
+        return {"algorithm": "egrpo", "reward_setting": "t", "seed": seed, "heldout_curve": [
+            {"iteration": i, "forward_equivalents": 100 * i, "wall_s": i, "heldout_tinyclip": a, "heldout_alignment": b}
+            for i, (a, b) in enumerate(zip(tiny, truth))]}
+
+    runs = [run(0, [0.3, 0.4, 0.5], [0.6, 0.58, 0.55]), run(1, [0.3, 0.35, 0.45], [0.6, 0.6, 0.57])]
+    [line] = reward_vs_truth(heldout_table(runs), {"t": {"tinyclip": 1.0}}, "alignment")
+    assert line["trained"] == "tinyclip" and line["tinyclip_at_budget"] == pytest.approx((0.2 + 0.15) / 2)
+    assert line["alignment_at_budget"] == pytest.approx((-0.05 - 0.03) / 2)   # the learned reward up, the truth down
+    paths = []
+    for n, r in enumerate(runs):
+        (tmp_path / f"m{n}.json").write_text(__import__("json").dumps(r))
+        paths.append(str(tmp_path / f"m{n}.json"))
+    cfg = {"reward_settings": {"t": {"tinyclip": 1.0}}, "evaluate": {"metrics": ["alignment"]}}
+    reward_vs_truth_figure(cfg, paths, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 10_000

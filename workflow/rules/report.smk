@@ -14,6 +14,7 @@ rule report:
         curves=report(f"{RESULTS}/report/train_reward_vs_nfe.png", caption="../report/curves.rst", category="Training"),
         wall=report(f"{RESULTS}/report/train_reward_vs_wall.png", caption="../report/curves.rst", category="Training"),
         heldout=report(f"{RESULTS}/report/heldout_vs_compute.png", caption="../report/heldout.rst", category="Training"),
+        truth=report(f"{RESULTS}/report/reward_vs_truth.png", caption="../report/heldout.rst", category="Training"),
         reward_std=report(f"{RESULTS}/report/reward_std_per_step.png", caption="../report/reward_std.rst",
                           category="Entropy profile"),
         images=report(f"{RESULTS}/report/image_grid.png", caption="../report/images.rst", category="Images"),
