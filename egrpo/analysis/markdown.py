@@ -92,7 +92,8 @@ def _short(value: float) -> str:
 
 def heldout_line(panel: dict, budget: float, several_settings: bool) -> str:
     """One panel's verdict line: every algorithm's held-out value at the common budget (mean over
-    seeds), and the top two's difference with its SE over the seeds both have and a verdict."""
+    seeds), and the top two's difference with its SE over the seeds both have and a verdict (with 3
+    or more common seeds)."""
     at_budget = panel["at_budget"]
     said = ", ".join(f"{k} {v:.4g}" for k, v in at_budget.items())
     where = f" ({panel['setting']})" if several_settings else ""
@@ -101,8 +102,9 @@ def heldout_line(panel: dict, budget: float, several_settings: bool) -> str:
         first, second = sorted(at_budget, key=lambda k: -at_budget[k])[:2]
         a, b = panel["per_seed"][first], panel["per_seed"][second]
         diffs = [a[s] - b[s] for s in sorted(set(a) & set(b))]
-        if len(diffs) < 2:
-            line += f"; {first} - {second}: {at_budget[first] - at_budget[second]:+.3g} (fewer than 2 common seeds: no verdict)"
+        if len(diffs) < 3:   # a standard error from one or two seeds says little: no verdict
+            line += (f"; {first} - {second}: {at_budget[first] - at_budget[second]:+.3g} ({len(diffs)} common "
+                     "seed(s): no verdict, it takes 3 or more)")
         else:
             se = float(pd.Series(diffs).std(ddof=1) / math.sqrt(len(diffs)))
             mean = sum(diffs) / len(diffs)

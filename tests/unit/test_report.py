@@ -78,10 +78,12 @@ def test_heldout_curves_are_read_at_the_common_budget(tmp_path):
     line = heldout_figure(paths, tmp_path / "h.png")
     # budget 50: egrpo seeds 0.3 and 0.2 (mean 0.25), dancegrpo 0.2; one seed in common: no verdict
     assert line == ("held-out alignment at equal compute (50 forward-equivalents): egrpo 0.25, dancegrpo 0.2; "
-                    "egrpo - dancegrpo: +0.05 (fewer than 2 common seeds: no verdict)")
-    paths.append(run("dancegrpo", 1, [0, 50], [0.1, 0.15]))   # now seeds 0 and 1: +0.1, +0.05
-    line = heldout_figure(paths, tmp_path / "h2.png")
-    assert line.endswith("egrpo - dancegrpo: +0.075 (SE 0.025 over 2 seeds): better")
+                    "egrpo - dancegrpo: +0.05 (1 common seed(s): no verdict, it takes 3 or more)")
+    paths.append(run("dancegrpo", 1, [0, 50], [0.1, 0.15]))   # seeds 0 and 1: +0.1, +0.05
+    assert heldout_figure(paths, tmp_path / "h2.png").endswith("(2 common seed(s): no verdict, it takes 3 or more)")
+    paths += [run("egrpo", 2, [0, 100], [0.1, 0.36]), run("dancegrpo", 2, [0, 50], [0.1, 0.19])]   # +0.04 at 50
+    line = heldout_figure(paths, tmp_path / "h3.png")
+    assert line.endswith("egrpo - dancegrpo: +0.0633 (SE 0.019 over 3 seeds): better"), line   # 0.1, 0.05, 0.04
     assert (tmp_path / "h.png").stat().st_size > 0
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps({"algorithm": "egrpo", "reward_setting": "color", "seed": 0, "heldout_curve": []}))
