@@ -99,7 +99,10 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _no_inherited_tracking_uri():
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: don't let one test's store leak into the
-    next, nor into a module-scoped fixture (set up before this one) that starts Snakemake."""
+    next, nor into a module-scoped fixture (set up before this one) that starts Snakemake; nor a
+    working directory a test changed (the next test on that worker reads config/ relative to it)."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    cwd = os.getcwd()
     yield
+    os.chdir(cwd)
     os.environ.pop("MLFLOW_TRACKING_URI", None)

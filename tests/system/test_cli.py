@@ -114,7 +114,7 @@ def test_mlflow_runs_are_quiet_where_git_is_missing(tmp_path):
     assert "git" in run("bare").stderr.lower()   # the noise this guards against
 
 
-def test_a_rerun_job_marks_the_runs_it_replaces(tmp_path):
+def test_a_rerun_job_marks_the_runs_it_replaces(tmp_path, monkeypatch):
     import mlflow
 
     from egrpo.runtime.tracking import stage_run
@@ -133,8 +133,7 @@ def test_a_rerun_job_marks_the_runs_it_replaces(tmp_path):
     current = mlflow.search_runs(experiment_names=["rerun"], filter_string="tags.superseded_by IS NULL")
     assert set(current["run_id"]) == {ids["other"], ids["second"]}
     # a stage run by hand into another folder: its own tag and name, and the workflow's run stays current
-    import os
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)   # results/<experiment>/ is relative to the working directory
     with stage_run(cfg, "train", run_name="train egrpo/color/seed0", out=tmp_path / "elsewhere") as (_, run):
         by_hand = run.info.run_id
     with stage_run(cfg, "train", run_name="train egrpo/color/seed0", out=tmp_path / "results/rerun/train/x") as (_, run):
