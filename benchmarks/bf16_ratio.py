@@ -46,7 +46,7 @@ def main() -> None:
     from egrpo.models import FlowModel, load_pipeline
 
     cfg = load_config(args.config)
-    from egrpo.stages.threshold import merge_plan  # noqa: E402  (pure math, no config validation)
+    from egrpo.plan import merge_plan  # noqa: E402  (pure math, no config validation)
     sigmas = sde.sigma_schedule(cfg["sampling"]["num_steps"], cfg["sampling"]["shift"])
     tau = float(torch.tensor(sde.step_entropies(sigmas, cfg["sampling"]["eta"])).quantile(0.5))
     plan = [(s, k) for s, k, _ in merge_plan(sigmas, cfg["sampling"]["eta"], tau)[0]]

@@ -170,7 +170,7 @@ def paper_config(smoke: bool, work: Path, resolution: int, group_size: int, rewa
 def run_flux(args, work: Path) -> list[dict]:
     import egrpo.train.trainer
     from egrpo.runtime.io import load_prompts
-    from egrpo.stages.threshold import make_plan
+    from egrpo.plan import make_plan
 
     device = torch.device("cpu") if args.smoke else torch.device("cuda")
     words = [p.text for p in load_prompts(str(ROOT / "config/prompts/train.txt"), "prompts.train")]
@@ -233,7 +233,7 @@ def run_family(args, part: str, work: Path) -> list[dict]:
     """One iteration per algorithm with the family's recipe and shapes (part 4)."""
     import egrpo.train.trainer
     from egrpo.runtime.io import load_prompts
-    from egrpo.stages.threshold import make_plan
+    from egrpo.plan import make_plan
 
     device = torch.device("cpu") if args.smoke else torch.device("cuda")
     words = [p.text for p in load_prompts(str(ROOT / "config/prompts/train.txt"), "prompts.train")]
@@ -273,7 +273,7 @@ def launch_fsdp(args, work: Path) -> None:
     """Prepare the reward and the config once, then run part 3 in one process per GPU (2 CPU processes
     with --smoke) under torch.distributed.run; their table comes back on stdout."""
     from egrpo.runtime.io import load_prompts
-    from egrpo.stages.threshold import make_plan
+    from egrpo.plan import make_plan
 
     processes = 2 if args.smoke else torch.cuda.device_count()
     if processes < 2:

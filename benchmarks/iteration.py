@@ -30,7 +30,7 @@ def main() -> None:
     import json
 
     from egrpo.rewards import RewardSetting
-    from egrpo.stages.threshold import make_plan
+    from egrpo.plan import make_plan
     from egrpo.train.trainer import Trainer
 
     cfg = benchmark_config(group_size=12)

@@ -41,7 +41,7 @@ def main() -> None:
     from egrpo.config import validate
     from egrpo.models import add_lora, family_of, load_pipeline
     from egrpo.stages.build_model import run_build_model
-    from egrpo.stages.threshold import make_plan
+    from egrpo.plan import make_plan
 
     tmp = Path(tempfile.mkdtemp(prefix="egrpo-mem-"))
     cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())

@@ -28,7 +28,7 @@ def main() -> None:
 
     from egrpo.config import validate
     from egrpo.stages.build_model import run_build_model
-    from egrpo.stages.threshold import make_plan
+    from egrpo.plan import make_plan
     from egrpo.train.trainer import Trainer
     import json
 

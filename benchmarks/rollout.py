@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from egrpo.algorithms import build_algorithm
-    from egrpo.stages.threshold import make_plan
+    from egrpo.plan import make_plan
 
     cfg = benchmark_config(num_steps=args.num_steps, group_size=args.group_size)
     if args.tiny:

@@ -55,7 +55,7 @@ def main() -> None:
 
     from egrpo.models import load_pipeline
     from egrpo.stages.build_model import run_build_model
-    from egrpo.stages.threshold import make_plan
+    from egrpo.plan import make_plan
 
     cfg = benchmark_config(LARGE, resolution=32, group_size=4, num_steps=8)
     tmp = Path(cfg.pop("_tmp"))

@@ -77,7 +77,7 @@ class CompScene:
 
 @dataclass
 class Asked:
-    """What a prompt asks, as named checks (each True or False) with the components that decided them."""
+    """What a prompt asks, as named checks, each True or False."""
     checks: dict[str, bool] = field(default_factory=dict)
 
     @property

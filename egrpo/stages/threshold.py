@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from egrpo.errors import UserError
-from egrpo.plan import choose_tau, make_plan, merge_plan, schedule_of  # noqa: F401 (the stage's math)
+from egrpo.plan import make_plan
 from egrpo.runtime.io import atomic_write_json
 from egrpo.runtime.tracking import stage_run
 

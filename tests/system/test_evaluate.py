@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pandas as pd
-import pytest
 import yaml
 from helpers import ROOT, micro_config
 

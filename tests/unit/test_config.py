@@ -42,7 +42,7 @@ def test_official_plan_overlay_and_the_family_configs():
     import yaml
     from snakemake.utils import update_config
 
-    from egrpo.stages.threshold import make_plan
+    from egrpo.plan import make_plan
 
     merged = yaml.safe_load(open("config/paper.yaml"))
     update_config(merged, yaml.safe_load(open("config/paper-official-plan.yaml")))

@@ -1,8 +1,7 @@
 """The health rules (egrpo/health.py) on logged numbers, each with the case that must flag it and the
 one that must not; and on real micro runs: a reward constant within groups is lost signal, a replay
 that computes something else than the rollout is a mismatch, a healthy run is healthy."""
-import pytest
-from helpers import plan_file, train_cfg
+from helpers import train_cfg
 
 from egrpo import health
 

@@ -5,7 +5,7 @@ import pytest
 from egrpo import sde
 from egrpo.config import validate
 from egrpo.errors import UserError
-from egrpo.stages.threshold import make_plan, merge_plan
+from egrpo.plan import make_plan, merge_plan
 
 
 def cfg_with(**threshold):
