@@ -61,6 +61,14 @@ onstart:
             print(f"egrpo: slurm preflight skipped: cannot read the partitions ({error})", file=sys.stderr)
         if problems:
             sys.exit(message(problems))
+        # ... and fit its runtime by the measured rates within the retries (egrpo/cost.py)
+        if PAPER_SCALE:
+            from egrpo.cost import runtime_problems
+
+            problems = runtime_problems(config_as_submitted(), workflow.execution_settings.retries + 1)
+            if problems:
+                sys.exit("egrpo: slurm preflight: jobs that cannot finish by the estimate: " + "; ".join(problems)
+                         + " (raise the runtime or the retries, or give the job more GPUs; egrpo cost --config ...)")
     shell("egrpo mlflow-init --config {CONFIG_FILE:q}")
 
 

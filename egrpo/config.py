@@ -226,21 +226,37 @@ def check_overrides(overrides: dict) -> None:
                               f"e.g. --config '{key}={{name: {{...}}}}'")
 
 
-def load(path: str | os.PathLike) -> dict:
-    """Read a YAML config file and validate it; errors name the file and the key."""
-    path = Path(path)
+def _read(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def overlay(base: dict, top: dict) -> dict:
+    """`snakemake --configfile base.yaml top.yaml`: mappings merge key by key, top's other values win."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load(path: str | os.PathLike, *overlays: str | os.PathLike) -> dict:
+    """Read a YAML config file (and overlays on it, merged as Snakemake merges several --configfile)
+    and validate it; errors name the file and the key."""
+    paths = [Path(p) for p in (path, *overlays)]
+    cfg = None
+    for p in paths:
+        part = _read(p)
+        cfg = part if cfg is None else overlay(cfg, part) if isinstance(cfg, dict) and isinstance(part, dict) else part
     try:
         # PyYAML reads 3e-3 (no dot) as a string: numbers are coerced where the schema wants one
         return validate(coerce_strings(cfg) if isinstance(cfg, dict) else (cfg if cfg is not None else {}))
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{' + '.join(map(str, paths))}: {e}") from None
 
 
 def config_hash(cfg: Any) -> str:
@@ -318,7 +334,7 @@ def input_problems(cfg: dict) -> list[str]:
         except UserError as error:
             problems.append(str(error))
             continue
-        if _tiny_world_prompts(prompts) and not _tiny_world_model(cfg):
+        if _tiny_world_prompts(prompts) and not tiny_world_model(cfg):
             problems.append(f"prompts.{key}: {cfg['prompts'][key]} holds the tiny world's captions, not prompts for "
                             f"{cfg['model']['path']}; write the paper's prompt files with `egrpo prompts` "
                             "(docs/paper-data.md)")
@@ -332,7 +348,7 @@ def _tiny_world_prompts(prompts) -> bool:
     return bool(prompts) and all(parse(p.text) is not None for p in prompts)
 
 
-def _tiny_world_model(cfg: dict) -> bool:
+def tiny_world_model(cfg: dict) -> bool:
     """A model of the tiny world: built (tiny) or trained (pretrain) by the DAG, or a local pretrained
     directory that `egrpo pretrain` wrote (its pretrain.json beside it, as models/ ships it)."""
     m = cfg["model"]

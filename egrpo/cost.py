@@ -18,6 +18,7 @@ import yaml
 
 from egrpo.algorithms import build_algorithm
 from egrpo.algorithms.facts import uses_plan
+from egrpo.config import tiny_world_model
 from egrpo.errors import UserError
 from egrpo.models.base import Conditioning, TrueCFG
 from egrpo.models.registry import family_class
@@ -80,8 +81,11 @@ def per_prompt_calls(cfg: dict, algorithm: str) -> tuple[int, int, int]:
 
 
 def rate(cfg: dict, rates: list[dict]) -> tuple[dict | None, str]:
-    """The measured rate for the config's family and resolution (scaled by image tokens), or None."""
+    """The measured rate for the config's family and resolution (scaled by image tokens), or None
+    (a tiny model, or a family without a measured row)."""
     family, resolution = cfg["model"].get("family") or "flux", cfg["sampling"]["resolution"]
+    if tiny_world_model(cfg):
+        return None, "a tiny model: the measured rates are of paper-scale shapes (it runs in minutes on a CPU)"
     rows = [r for r in rates if r["family"] == family]
     if not rows:
         return None, f"{family}: no measured rate (run benchmarks/gpu_e2e.py on a GPU)"
@@ -144,3 +148,39 @@ def estimate(cfg: dict) -> tuple[list[tuple[JobCost, int, float]], str]:
     policies = 1 + len(cfg["algorithms"]) * runs
     jobs.append((evaluate_cost(cfg, speed), policies, res["evaluate"].get("gpu", 0)))
     return jobs, source
+
+
+def attempts_needed(job: JobCost, gpus: int, runtime_min: float | None) -> int | None:
+    """How many jobs of `runtime_min` minutes the job's estimated wall time takes on `gpus` GPUs
+    (train and evaluate resume where the last attempt stopped); None when unknown."""
+    if job.gpu_seconds is None or not gpus or not runtime_min:
+        return None
+    return max(1, math.ceil(job.gpu_seconds / gpus / 60 / runtime_min))
+
+
+def runtime_problems(cfg: dict, attempts: int | None) -> list[str]:
+    """One line per job kind whose estimate needs more jobs of its `resources.<rule>.runtime` than
+    `attempts` (Snakemake's retries + 1) allow: such a job would be killed at its limit every time.
+    With attempts None (not known yet), every job kind that needs more than one."""
+    jobs, _ = estimate(cfg)
+    problems = []
+    for job, _count, gpus in jobs:
+        rule = "train" if job.job.startswith("train") else "evaluate"
+        runtime = cfg["resources"][rule].get("runtime")
+        needed = attempts_needed(job, gpus, runtime)
+        if needed is not None and needed > (attempts or 1):
+            problems.append(f"{job.job}: ~{job.gpu_seconds / gpus / 3600:.1f} h on {gpus} GPU(s) by the measured rate "
+                            f"= {needed} jobs of its {runtime} min runtime (resources.{rule}.runtime), "
+                            + (f"but the retries allow {attempts}" if attempts else f"so it needs retries >= {needed - 1}"))
+    return problems
+
+
+def summary(cfg: dict) -> str | None:
+    """One line for a dry run: the config's GPU-hours by the measured rates (None for a tiny model or
+    an unmeasured family)."""
+    jobs, source = estimate(cfg)
+    if all(job.gpu_seconds is None for job, _, _ in jobs):
+        return None
+    hours = sum(job.gpu_seconds * count for job, count, _ in jobs if job.gpu_seconds is not None) / 3600
+    return (f"~{hours:,.0f} GPU-hours of transformer compute by the measured rates ({source.split(':')[0]}); "
+            "per job and against each runtime: egrpo cost --config <this config>")

@@ -247,6 +247,9 @@ def test_paper_scale_configs_resolve_and_stop_in_the_preflight(tmp_path, configf
     assert counts["train"] >= 2 and counts["evaluate"] >= 3 and counts["profile"] == 1
     assert [l for l in dry.stderr.splitlines() if l.startswith("egrpo: a run would stop here")] == \
         [f"egrpo: a run would stop here: {p}" for p in problems]
+    # the cost before the allocation: GPU-hours where the family's rate is measured (egrpo cost)
+    cost = [l for l in dry.stderr.splitlines() if l.startswith("egrpo: cost: ~")]
+    assert len(cost) == (configfile == "config/paper.yaml"), dry.stderr[-2000:]
     run = snakemake_local(work, config=configfile)
     assert run.returncode != 0
     assert [l for l in run.stderr.splitlines() if l.startswith("egrpo: missing input: ")] == \

@@ -33,3 +33,36 @@ def test_paper_config_costs_gpu_hours_and_unmeasured_families_say_so(capsys):
     assert evaluate.rollout_calls == (400 + 3200) * 50 and "counted as the published 400" in evaluate.note
     _, source = estimate(load(ROOT / "config/sd35.yaml"))
     assert source.startswith("sd3: no measured rate")
+
+
+def test_overlays_merge_key_by_key_and_the_runtime_check_counts_the_retries(capsys):
+    """`egrpo cost --config paper.yaml paper-1gpu.yaml` reads the overlay as Snakemake merges it; a job
+    whose estimate needs more runtimes than the retries allow is named (the SLURM preflight refuses
+    it), one that fits is not; a tiny model has no paper-scale rate."""
+    from egrpo.cost import attempts_needed, runtime_problems
+    from egrpo.stages.cost import add_arguments, run
+    import argparse
+
+    cfg = load(ROOT / "config/paper.yaml", ROOT / "config/paper-1gpu.yaml")
+    assert cfg["experiment"] == "paper_1gpu" and cfg["train"]["finetune"] == "lora"
+    assert cfg["train"]["iterations"] == load(ROOT / "config/paper.yaml")["train"]["iterations"]   # kept from the base
+    jobs, _ = estimate(cfg)
+    train = next(j for j, _, _ in jobs if j.job == "train egrpo")
+    hours = train.gpu_seconds / 3600   # one GPU
+    assert attempts_needed(train, 1, hours * 60 * 1.01) == 1 and attempts_needed(train, 1, hours * 60 / 2.5) == 3
+    assert attempts_needed(train, 0, 600) is None
+    cfg["resources"]["train"]["runtime"] = hours * 60 / 2.5       # 3 jobs of its runtime
+    assert runtime_problems(cfg, attempts=3) == []
+    [line] = [p for p in runtime_problems(cfg, attempts=2) if p.startswith("train egrpo")]
+    assert "3 jobs of its" in line and "retries allow 2" in line
+    assert any("needs retries >= 2" in p for p in runtime_problems(cfg, attempts=None))
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    run(p.parse_args(["--config", str(ROOT / "config/paper.yaml"), str(ROOT / "config/paper-1gpu.yaml"),
+                      "--retries", "0"]), None)
+    out = capsys.readouterr().out
+    row = next(l for l in out.splitlines() if l.startswith("train egrpo"))
+    assert "NO: 2 jobs of its runtime, the retries allow 1" in row     # 91.7 h on one GPU against 72 h
+    run(p.parse_args(["--config", str(ROOT / "config/config.yaml")]), None)
+    assert "rates: a tiny model" in capsys.readouterr().out

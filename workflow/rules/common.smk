@@ -7,7 +7,7 @@ import sys
 
 from egrpo.algorithms.facts import uses_plan
 from egrpo.config import check_overrides, coerce_strings, config_hash, input_problems, profile_reward_setting
-from egrpo.config import reward_names, write_resolved
+from egrpo.config import reward_names, tiny_world_model, write_resolved
 from egrpo.config import validate as egrpo_validate
 from egrpo.errors import ConfigError
 
@@ -26,8 +26,9 @@ except ConfigError as error:
 validate(config, "../schemas/config.schema.yaml")
 # --set-resources train:gpu=N sets the job's total, but a job over several nodes asks its GPUs per node
 # (train_resources below): refused in one line rather than submitted with a gres that does not match
-_TRAIN_SET = workflow.resource_settings._parsed_overwrite_resources.get("train", {}) \
+_SET = workflow.resource_settings._parsed_overwrite_resources \
     if getattr(workflow.resource_settings, "overwrite_resources", None) else {}
+_TRAIN_SET = _SET.get("train", {})
 if int(config["resources"]["train"].get("nodes") or 1) > 1 and "gpu" in _TRAIN_SET:
     _gpu = getattr(_TRAIN_SET["gpu"], "value", _TRAIN_SET["gpu"])
     sys.exit(f"egrpo: config error: --set-resources train:gpu={_gpu} with resources.train.nodes = "
@@ -43,6 +44,26 @@ DRY_RUN = any(a in ("--dry-run", "--dryrun") or (re.fullmatch(r"-[A-Za-z]+", a) 
 if INPUT_PROBLEMS and DRY_RUN:
     for problem in INPUT_PROBLEMS:
         print(f"egrpo: a run would stop here: {problem}", file=sys.stderr)
+# What a paper-scale config costs, before any allocation (egrpo/cost.py; a tiny model: nothing to say,
+# and torch is not imported for it)
+PAPER_SCALE = not tiny_world_model(config)
+
+
+def config_as_submitted():
+    """The config with --set-resources applied to its resources (what the jobs will ask for)."""
+    resources = {rule: {**values, **{k: getattr(v, "value", v) for k, v in _SET.get(rule, {}).items()}}
+                 for rule, values in config["resources"].items()}
+    return {**config, "resources": resources}
+
+
+if DRY_RUN and PAPER_SCALE:
+    from egrpo.cost import runtime_problems, summary
+
+    if (line := summary(config)) is not None:
+        print(f"egrpo: cost: {line}", file=sys.stderr)
+    # (a dry run does not know the retries yet: every job that needs more than one runtime is named)
+    for problem in runtime_problems(config_as_submitted(), None):
+        print(f"egrpo: on SLURM: {problem}", file=sys.stderr)
 
 EXP = config["experiment"]
 RESULTS = f"results/{EXP}"
