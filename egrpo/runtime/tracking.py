@@ -9,8 +9,10 @@ runs in; a tracking server decides where its artifacts go.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,6 +61,33 @@ def _experiment(mlflow, cfg: dict):
 def init_store(cfg: dict) -> str:
     """Create the store and the experiment if needed; return the experiment id."""
     return _experiment(mlflow_for(cfg), cfg).experiment_id
+
+
+# the columns of MLflow's SQL schema that hold an artifact location (MLflow 3)
+ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"))
+
+
+def relocate_artifacts(cfg: dict) -> list[tuple[str, str]]:
+    """After a workflow directory moved: point the SQLite store's experiments and runs at the
+    mlartifacts/ beside the store again. MLflow records absolute artifact locations and has no API to
+    change one, so the store's own columns are rewritten (old prefix -> new, nothing else). Only
+    locations this module created (a file URI ending in /mlartifacts) move; returns (old, new) pairs."""
+    uri, new = tracking_uri(cfg), artifact_location(cfg)
+    if new is None or not Path(uri[len("sqlite:///"):]).is_file():
+        return []
+    moved = []
+    with contextlib.closing(sqlite3.connect(uri[len("sqlite:///"):])) as db, db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        olds = {loc for (loc,) in db.execute("SELECT DISTINCT artifact_location FROM experiments")
+                if loc and loc.startswith("file://") and loc.endswith("/mlartifacts") and loc != new}
+        for old in sorted(olds):
+            for table, column in ARTIFACT_COLUMNS:
+                if table in tables:
+                    db.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                               f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                               (new, len(old) + 1, old, len(old) + 1, old + "/"))
+            moved.append((old, new))
+    return moved
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

@@ -1,8 +1,9 @@
 """Stage `mlflow-init`: create the MLflow store and the config's experiment once, before parallel
-jobs start (the Snakefile's onstart runs it)."""
+jobs start (the Snakefile's onstart runs it). A workflow directory that was moved (or copied) keeps
+working: the SQLite store's artifact locations are pointed at the mlartifacts/ beside it again."""
 from __future__ import annotations
 
-from egrpo.runtime.tracking import init_store, tracking_uri
+from egrpo.runtime.tracking import init_store, relocate_artifacts, tracking_uri
 
 NAME = "mlflow-init"
 HELP = "Create the MLflow store and experiment once, before parallel jobs start."
@@ -14,4 +15,6 @@ def add_arguments(p) -> None:
 
 
 def run(args, cfg) -> None:
+    for old, new in relocate_artifacts(cfg):
+        print(f"mlflow: the store moved: artifacts recorded under {old} now read from {new}")
     print(f"mlflow: experiment {cfg['experiment']} ({init_store(cfg)}) in {tracking_uri(cfg)}")
