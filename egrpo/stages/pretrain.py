@@ -59,7 +59,8 @@ def add_arguments(p) -> None:
 def run(args, cfg) -> None:
     r = run_pretrain(cfg, args.out)
     b = {k: "n/a" if v is None else f"{v:.3f}" for k, v in r["base_model"].items()}
-    print(f"base model alignment {b['alignment']} (chance {b['chance']}, ceiling {b['ceiling']}); "
+    print(f"base model alignment {b['alignment']} (chance {b['chance']}, ceiling {b['ceiling']}, "
+          f"through the VAE {b['vae_ceiling']}); "
           f"tinyclip top-1 {r['tinyclip']['top1']:.2f} (chance {r['tinyclip']['chance']:.3f}); {args.out}")
 
 log = logging.getLogger("egrpo.stages.pretrain")
@@ -254,11 +255,14 @@ def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: i
     chance:  the same images scored against the scene of a shuffled caption (a model that ignores
              the prompt, but draws tiny-world-like images, scores this)
     ceiling: the rendering of each caption's own scene
+    vae_ceiling: that rendering through the model's VAE (encoded, decoded): what the decoder lets any
+             sample reach; a low one means the VAE, not the flow model, caps the world
     """
 
     prompts = [p for p in prompts if world.parse(p) is not None]  # only the world's captions can be scored
     if not prompts:
-        return {"alignment": None, "chance": None, "ceiling": None, "num_prompts": 0, "images_per_prompt": per_prompt}
+        return {"alignment": None, "chance": None, "ceiling": None, "vae_ceiling": None, "num_prompts": 0,
+                "images_per_prompt": per_prompt}
     scenes = [world.parse(p) for p in prompts]
     images = {(p, m): img for p, m, _, img in sample_images(model, [Prompt(t) for t in prompts], num_steps, per_prompt,
                                                           seed)}
@@ -268,9 +272,13 @@ def alignment_vs_chance(model, prompts: list[str], per_prompt: int, num_steps: i
         rng.shuffle(shuffled)
     own = [world.score(img, scenes[p]) for (p, m), img in images.items()]
     other = [world.score(img, scenes[shuffled[p]]) for (p, m), img in images.items()]
-    ceiling = [world.score(world.render(s, model.resolution), s) for s in scenes]
+    renderings = torch.stack([world.render(s, model.resolution) for s in scenes])
+    ceiling = [world.score(r, s) for r, s in zip(renderings, scenes)]
+    vae = model.pipe.vae
+    decoded = vae.decode(vae.encode(renderings.to(model.device) * 2 - 1).latent_dist.mean).sample
+    vae_ceiling = [world.score(r, s) for r, s in zip((decoded.cpu() / 2 + 0.5).clamp(0, 1), scenes)]
     mean = lambda xs: float(sum(xs) / len(xs))
-    return {"alignment": mean(own), "chance": mean(other), "ceiling": mean(ceiling),
+    return {"alignment": mean(own), "chance": mean(other), "ceiling": mean(ceiling), "vae_ceiling": mean(vae_ceiling),
             "num_prompts": len(prompts), "images_per_prompt": per_prompt}
 
 
@@ -341,15 +349,17 @@ def run_pretrain(cfg: dict, out_dir) -> dict:
         }
         atomic_write_json(out_dir / "pretrain.json", report)
         mlflow.log_metrics({**{name: score[key] for name, key in (("alignment", "alignment"), ("alignment_chance", "chance"),
-                                                                  ("alignment_ceiling", "ceiling")) if score[key] is not None},
+                                                                  ("alignment_ceiling", "ceiling"),
+                                                                  ("alignment_vae_ceiling", "vae_ceiling"))
+                               if score[key] is not None},
                             "vae_mse": vae_mse,
                             "flow_loss": report["transformer"]["final_loss"],
                             "tinyclip_top1": clip_check["top1"], "train_s": train_s})
         for i in range(0, len(flow_losses), 50):
             mlflow.log_metric("flow_loss_curve", flow_losses[i], step=i)
         mlflow.log_artifact(str(out_dir / "pretrain.json"))
-    log.info("base model alignment %s (chance %s, ceiling %s); tinyclip top-1 %.2f",
-             *(f"{score[k]:.3f}" if score[k] is not None else "n/a" for k in ("alignment", "chance", "ceiling")),
+    log.info("base model alignment %s (chance %s, ceiling %s, through the VAE %s); tinyclip top-1 %.2f",
+             *(f"{score[k]:.3f}" if score[k] is not None else "n/a" for k in ("alignment", "chance", "ceiling", "vae_ceiling")),
              clip_check["top1"])
     return report
 

@@ -35,6 +35,7 @@ def test_pretrain_is_deterministic_and_writes_models(tmp_path):
     assert r["base_model"] == reports[1]["base_model"]
     assert r["scenes"] == 3 * 8 * 7 * 5 * 2 and r["captions"] == 3 * r["scenes"]
     assert r["base_model"]["ceiling"] > 0.99  # a rendering scores (almost) perfectly against its own scene
+    assert 0 <= r["base_model"]["vae_ceiling"] <= 1   # the same renderings through the VAE
     assert json.loads((tmp_path / "run0/pretrain.json").read_text())["base_model"] == r["base_model"]
     # the VAE latents were standardized: the config carries the shift / scale the model uses
     vae_cfg = json.loads((tmp_path / "run0/tinyworld/vae/config.json").read_text())
