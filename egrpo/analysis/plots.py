@@ -310,3 +310,71 @@ def plot_reward_vs_truth(lines: list[dict], budget: float, path) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def plot_health(train_metrics: list[str], path, max_runs: int = 48) -> list[str]:
+    """One row of panels per train run (egrpo/health.py, docs/health.md), against forward-equivalents:
+    the training reward with each held-out metric (rescaled to the training reward's range of the
+    run, so that a rise of one against a fall of the other shows as crossing lines), the group
+    signal (within-group reward std, zero-std ratio) and the diversity of a group's images with the
+    clip fraction. A flagged run's title is red and carries its verdict line. Returns the titles."""
+    import textwrap
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = []
+    for p in train_metrics:
+        metrics = json.loads(Path(p).read_text())
+        log = Path(p).parent / "train_log.csv"
+        if log.is_file():
+            runs.append((metrics, pd.read_csv(log)))
+    runs.sort(key=lambda r: (r[0]["reward_setting"], r[0]["algorithm"], r[0]["seed"]))
+    shown = runs[:max_runs]
+    rows = max(1, len(shown))
+    fig, axes = plt.subplots(rows, 3, figsize=(14, 2.3 * rows + 0.6), squeeze=False)
+    titles = []
+    if not shown:
+        axes[0][0].text(0.5, 0.5, "no train runs", ha="center", va="center")
+    for (metrics, log), (ax_reward, ax_signal, ax_div) in zip(shown, axes):
+        x = log["forward_equivalents"]
+        health = metrics.get("health") or {}
+        flags = health.get("flags") or []
+        name = f"{metrics['algorithm']} / {metrics['reward_setting']} / seed {metrics['seed']}"
+        verdict = "; ".join(f["line"] for f in flags) if flags else health.get("verdict", "not assessed")
+        titles.append(f"{name}: {verdict}")
+        ax_reward.set_title(textwrap.fill(f"{name}: {verdict}", 75), fontsize=7.5, color="C3" if flags else "black",
+                            loc="left")
+        ax_reward.plot(x, log["reward_mean"], color="black", lw=1.2, label="training reward")
+        lo, hi = float(log["reward_mean"].min()), float(log["reward_mean"].max())
+        curve = pd.DataFrame(metrics.get("heldout_curve") or [])
+        for n, column in enumerate(c for c in curve.columns if c.startswith("heldout_")):
+            values = curve[column].astype(float)
+            span = float(values.max() - values.min()) or 1.0
+            scaled = lo + (values - values.min()) / span * ((hi - lo) or 1.0)
+            ax_reward.plot(curve["forward_equivalents"], scaled, "o-", ms=3, color=f"C{n}",
+                           label=f"held-out {column.removeprefix('heldout_')} ({values.iloc[0]:.3g} -> {values.iloc[-1]:.3g})")
+        ax_reward.legend(fontsize=6.5, loc="best")
+        ax_reward.set_ylabel("reward (held-out rescaled)", fontsize=7)
+        for column, colour, label in (("group_reward_std", "C0", "within-group reward std"),
+                                      ("zero_std_ratio", "C3", "zero-std ratio (groups with no signal)")):
+            if column in log:
+                ax_signal.plot(x, log[column], color=colour, label=label)
+        ax_signal.legend(fontsize=6.5, loc="best")
+        for column, colour, label in (("diversity", "C2", "image diversity in a group"),
+                                      ("clip_fraction", "C4", "PPO clip fraction")):
+            if column in log:
+                ax_div.plot(x, log[column], color=colour, label=label)
+        ax_div.legend(fontsize=6.5, loc="best")
+        for ax in (ax_reward, ax_signal, ax_div):
+            ax.tick_params(labelsize=6.5)
+    for ax in axes[-1]:
+        ax.set_xlabel("forward-equivalents", fontsize=7.5)
+    flagged = sum(bool((m.get("health") or {}).get("flags")) for m, _ in runs)
+    more = f"; the first {max_runs} of {len(runs)} runs shown" if len(runs) > max_runs else ""
+    fig.suptitle(f"Run health (docs/health.md): {flagged} of {len(runs)} runs flagged{more}", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+    return titles

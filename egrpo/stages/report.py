@@ -20,7 +20,7 @@ NAME = "report"
 HELP = "Tables and plots from the profile, plan, training and evaluation outputs."
 INPUTS = ("profile", "plan", "train_metrics", "eval_summaries")
 FILES = ("table.csv", "table.md", "entropy_plan.png", "reward_std_per_step.png", "train_reward_vs_nfe.png",
-         "train_reward_vs_wall.png", "heldout_vs_compute.png", "reward_vs_truth.png", "image_grid.png")
+         "train_reward_vs_wall.png", "heldout_vs_compute.png", "reward_vs_truth.png", "image_grid.png", "health.png")
 
 
 def add_arguments(p) -> None:
@@ -117,6 +117,7 @@ def run_report(cfg: dict, profile_csv, plan_json, train_metrics, eval_summaries,
         logs = [str(Path(p).parent / "train_log.csv") for p in train_metrics]
         plots.plot_training(logs, out_dir / "train_reward_vs_nfe.png", "nfe_total")
         plots.plot_training(logs, out_dir / "train_reward_vs_wall.png", "wall_s")
+        plots.plot_health(list(train_metrics), out_dir / "health.png")
         plots.policy_image_grid([Path(p).parent for p in eval_summaries], out_dir / "image_grid.png",
                                 metric=(cfg["evaluate"]["metrics"] or metrics or [None])[0])
         for f in FILES:

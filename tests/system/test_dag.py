@@ -70,7 +70,7 @@ def test_report_html_and_compare_agree_with_the_table(micro_dag_copy):
     import pandas as pd
 
     r = workflow / RES / "report"
-    for f in ("reward_std_per_step.png", "train_reward_vs_wall.png", "image_grid.png"):
+    for f in ("reward_std_per_step.png", "train_reward_vs_wall.png", "image_grid.png", "health.png"):
         assert (r / f).is_file(), f
     md = (r / "table.md").read_text()
     assert "Δ% vs dancegrpo" in md and "## Paired comparisons (same prompts, same noise)" in md

@@ -52,6 +52,33 @@ def test_the_verdict_collects_every_flag():
     assert health.assess(rows([0.5] * 4), [], ["c"], RULES) == {"verdict": "healthy", "flags": []}
 
 
+def test_the_health_panel_draws_every_run_and_titles_a_flagged_one_with_its_line(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from egrpo.analysis.plots import plot_health
+
+    paths = []
+    for seed, (rewards, heldout) in enumerate([([0.1, 0.3, 0.5, 0.7, 0.9, 1.0, 1.1], [0.60, 0.58, 0.55, 0.50]),
+                                               ([0.1, 0.12, 0.13, 0.15, 0.16, 0.18, 0.2], [0.50, 0.52, 0.55, 0.6])]):
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        log = pd.DataFrame(rows(rewards))
+        log["forward_equivalents"] = 50 * log["iteration"]
+        log["group_reward_std"], log["diversity"], log["clip_fraction"] = 0.1, 0.2, 0.3
+        log.to_csv(d / "train_log.csv", index=False)
+        curve = points(heldout)
+        verdict = health.assess(log.to_dict("records"), curve, ["tinyclip"], RULES)
+        (d / "metrics.json").write_text(json.dumps({"algorithm": "egrpo", "reward_setting": "tinyclip", "seed": seed,
+                                                    "heldout_curve": curve, "health": verdict}))
+        paths.append(str(d / "metrics.json"))
+    titles = plot_health(paths, tmp_path / "health.png")
+    assert (tmp_path / "health.png").stat().st_size > 10_000
+    assert titles[0].startswith("egrpo / tinyclip / seed 0: reward hacking suspected from iteration 2")
+    assert titles[1] == "egrpo / tinyclip / seed 1: healthy"
+
+
 def run(tmp_path, tiny_model_dir, **train):
     from egrpo.stages.train import run_train
 

@@ -18,6 +18,7 @@ rule report:
         reward_std=report(f"{RESULTS}/report/reward_std_per_step.png", caption="../report/reward_std.rst",
                           category="Entropy profile"),
         images=report(f"{RESULTS}/report/image_grid.png", caption="../report/images.rst", category="Images"),
+        health=report(f"{RESULTS}/report/health.png", caption="../report/health.rst", category="Training"),
     params:
         cfg=stage_hash(extra=reward_names(config)),
         out=f"{RESULTS}/report",
