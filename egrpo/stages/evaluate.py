@@ -217,7 +217,7 @@ def _write_outputs(cfg, name, tags, model, prompts, rewards, num_steps, out_dir:
                    "per_style": ({str(style): {r: float(g[r].mean()) for r in names}
                                   for style, g in styled.groupby("style")} if styled is not None else {}),
                    "nfe": model.nfe, "mlflow_run_id": run.info.run_id}
-        shown = [torch.from_numpy(np.asarray(Image.open(out_dir / "images" / f"p{p:04d}_i{m}.png").convert("RGB")))
+        shown = [torch.from_numpy(np.array(Image.open(out_dir / "images" / f"p{p:04d}_i{m}.png").convert("RGB")))
                  .permute(2, 0, 1).float() / 255 for p, m in zip(table["prompt_index"], table["image_index"]) if p < 8]
         Image.fromarray(image_grid(shown, ecfg["images_per_prompt"] * 4)).save(out_dir / "grid.png")
         atomic_write_json(out_dir / "summary.json", summary)
