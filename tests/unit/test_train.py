@@ -3,7 +3,7 @@ import json
 
 import pandas as pd
 import pytest
-from helpers import VOLATILE, micro_config, plan_file, train_cfg
+from helpers import ROOT, VOLATILE, micro_config, plan_file, train_cfg
 
 from egrpo.config import validate
 from egrpo.stages.train import run_train
@@ -497,3 +497,25 @@ def test_batched_transitions_give_the_one_by_one_loss_and_gradients(tmp_path, ti
         assert one[key] == pytest.approx(batched[key], rel=1e-6, abs=1e-8, nan_ok=True), key
     for key in ("nfe_train", "nfe_reference", "nfe_train_expected", "trained_pairs", "optimizer_steps"):
         assert one[key] == batched[key], key
+
+
+@pytest.mark.slow
+def test_grpo_raises_the_judge_on_a_prompt_the_base_gets_wrong(tmp_path):
+    """RL learns: E-GRPO (full fine-tuning at the claims' learning rate) on one counting prompt of the
+    compositional world, which the shipped base answers right 2 times in 10, raises the judge of its
+    own rollouts within 30 iterations (measured: 0.18 over the first 10, 0.34 over the last 10)."""
+    from egrpo.config import load
+    from egrpo.stages.threshold import run_threshold
+
+    (tmp_path / "one.txt").write_text("three triangles on a blue background\n")
+    cfg = load(ROOT / "config/compworld.yaml")
+    cfg["prompts"]["train"] = str(tmp_path / "one.txt")
+    cfg["train"].update(iterations=30, prompts_per_iteration=1, learning_rate=3e-5, finetune="full", checkpoint_every=100)
+    cfg["train"]["heldout"].update(every=None, every_forward_equivalents=None)   # no held-out curve: the rollouts tell
+    cfg["reward_models"]["tinyclip"]["path"] = str(ROOT / "models/compworld/tinyclip")
+    plan = tmp_path / "plan.json"
+    run_threshold(cfg, None, plan)
+    run_train(cfg, "egrpo", "judge", 99, str(ROOT / cfg["model"]["path"]), str(plan), tmp_path / "o", tmp_path / "r")
+    log = pd.read_csv(tmp_path / "o/train_log.csv")
+    first, last = log["reward_mean"].iloc[:10].mean(), log["reward_mean"].iloc[-10:].mean()
+    assert last > first + 0.08, (first, last)
