@@ -66,3 +66,25 @@ def test_overlays_merge_key_by_key_and_the_runtime_check_counts_the_retries(caps
     assert "NO: 2 jobs of its runtime, the retries allow 1" in row     # 91.7 h on one GPU against 72 h
     run(p.parse_args(["--config", str(ROOT / "config/config.yaml")]), None)
     assert "rates: a tiny model" in capsys.readouterr().out
+
+
+def test_the_rates_are_the_measurements_benchmarks_results_records():
+    """One source of truth: every rate of egrpo/data/rates.yaml is a per-sample figure of the
+    flux_gpu.py table in benchmarks/RESULTS.md (time per call of G samples / G)."""
+    import re
+
+    import yaml
+
+    from egrpo.runtime.paths import DATA
+
+    results = (ROOT / "benchmarks/RESULTS.md").read_text()
+    section = results[results.index("`flux_gpu.py` on one NVIDIA H100"):]
+    samples = int(re.search(r"G = (\d+) samples per call", section).group(1))
+    measured = {}
+    for px, mode, ms in re.findall(r"\| (\d+) px[^|]*\| (forward|forward\+backward), eager \| ([\d.]+) ms", section):
+        measured[(int(px), mode)] = float(ms) / 1000 / samples
+    rates = [r for r in yaml.safe_load((DATA / "rates.yaml").read_text()) if r["family"] == "flux"]
+    assert rates
+    for r in rates:
+        assert r["forward_s"] == pytest.approx(measured[(r["resolution"], "forward")], abs=1e-4)
+        assert r["forward_backward_s"] == pytest.approx(measured[(r["resolution"], "forward+backward")], abs=1e-4)
