@@ -14,8 +14,10 @@ compositions, each under its task's caption).
                    loss = mean (v_theta(x_sigma, sigma, text) - v)^2
                sigma drawn from the sampler's shifted schedule, sigma = s u / (1 + (s - 1) u),
                u ~ U(0, 1), so training sees the noise levels sampling visits. The text encoders
-               (CLIP + T5, random init) stay frozen: their token-level outputs already tell the
-               captions apart, and frozen encoders let every caption be encoded once.
+               (CLIP + T5, random init) stay frozen by default: their outputs tell the captions
+               apart and every caption is encoded once; but then each caption is its own random
+               code, and what RL teaches one prompt does not move its neighbours (docs/claims).
+               pretrain.train_text_encoders trains them with the transformer instead.
   tinyclip     transformers CLIPModel (ViT + text transformer) trained contrastively (symmetric
                InfoNCE) on (augmented rendering, caption) pairs; its cosine is reward `tinyclip`.
 
@@ -164,14 +166,19 @@ def packed_latents(pipe, images: torch.Tensor, device: torch.device = torch.devi
 
 def train_transformer(pipe, latents: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
                       caption_scene: torch.Tensor, text_ids: torch.Tensor, img_ids: torch.Tensor,
-                      cfg: dict, generator: torch.Generator, device: torch.device = torch.device("cpu")) -> list[float]:
+                      cfg: dict, generator: torch.Generator, device: torch.device = torch.device("cpu"),
+                      captions: list[str] | None = None) -> list[float]:
     """Rectified flow on (scene latent, caption) pairs; returns the losses. Data and random draws
-    on the CPU, each batch on `device` (text_ids and img_ids are on `device`)."""
+    on the CPU, each batch on `device` (text_ids and img_ids are on `device`). With
+    pretrain.train_text_encoders, each batch's captions are encoded anew by the text encoders, which
+    are trained with the transformer (`captions` then names them; `embeds`/`pooled` are unused)."""
     pcfg, shift, guidance = cfg["pretrain"], cfg["sampling"]["shift"], cfg["sampling"]["guidance"]
     steps, batch = pcfg["transformer_steps"], pcfg["batch_size"]
     transformer = pipe.transformer
-    transformer.train().requires_grad_(True)
-    step_on = _optimizer(transformer, pcfg["transformer_lr"], 0.01, steps)
+    encoders = [pipe.text_encoder, pipe.text_encoder_2] if pcfg["train_text_encoders"] else []
+    trained = torch.nn.ModuleList([transformer, *encoders])
+    trained.train().requires_grad_(True)
+    step_on = _optimizer(trained, pcfg["transformer_lr"], 0.01, steps)
     losses = []
     bar = tqdm(range(steps), desc="pretrain transformer", unit="step")
     for step in bar:
@@ -181,15 +188,21 @@ def train_transformer(pipe, latents: torch.Tensor, embeds: torch.Tensor, pooled:
         u = torch.rand(batch, generator=generator, device="cpu")  # on the CPU: the batch moves as a whole below
         sigma = shift * u / (1 + (shift - 1) * u)
         x = ((1 - sigma.view(-1, 1, 1)) * x0 + sigma.view(-1, 1, 1) * eps).to(device)
+        if encoders:
+            text, text_pooled, _ = pipe.encode_prompt(prompt=[captions[i] for i in caption_idx.tolist()], prompt_2=None,
+                                                      device=device, num_images_per_prompt=1,
+                                                      max_sequence_length=cfg["model"]["max_sequence_length"])
+        else:
+            text, text_pooled = embeds[caption_idx].to(device), pooled[caption_idx].to(device)
         v = transformer(hidden_states=x, timestep=sigma.to(device), guidance=torch.full((batch,), guidance, device=device),
-                        pooled_projections=pooled[caption_idx].to(device),
-                        encoder_hidden_states=embeds[caption_idx].to(device),
+                        pooled_projections=text_pooled,
+                        encoder_hidden_states=text,
                         txt_ids=text_ids, img_ids=img_ids, return_dict=False)[0]
         loss = F.mse_loss(v, (eps - x0).to(device))
         losses.append(step_on(loss))
         if step % 100 == 0:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
-    transformer.eval().requires_grad_(False)
+    trained.eval().requires_grad_(False)
     return losses
 
 
@@ -315,7 +328,7 @@ def run_pretrain(cfg: dict, out_dir) -> dict:
         hw = res // pipe.vae_scale_factor // 2
         img_ids = pipe._prepare_latent_image_ids(1, hw, hw, device, torch.float32)
         flow_losses = train_transformer(pipe, latents, embeds, pooled, caption_scene, text_ids, img_ids, cfg, generator,
-                                        device)
+                                        device, captions)
 
         clip_model, processor = build_tinyclip(cfg, pipe.tokenizer)
         clip_model.to(device)

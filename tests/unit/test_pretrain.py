@@ -42,6 +42,27 @@ def test_pretrain_is_deterministic_and_writes_models(tmp_path):
     assert vae_cfg["scaling_factor"] == pytest.approx(r["vae"]["scaling_factor"])
 
 
+def test_text_encoders_train_with_the_transformer_when_asked(tmp_path):
+    """pretrain.train_text_encoders: the CLIP and T5 encoders the pipeline saves are not the random
+    ones it was built with (frozen by default: identical), and the pipeline loads and samples."""
+    from safetensors.torch import load_file
+
+    from egrpo.stages.pretrain import run_pretrain
+
+    saved = {}
+    for trained in (False, True):
+        cfg = pretrain_cfg(tmp_path)
+        cfg["pretrain"]["train_text_encoders"] = trained
+        report = run_pretrain(cfg, tmp_path / f"text{trained}")
+        assert report["base_model"]["alignment"] is not None
+        saved[trained] = {n: load_file(str(tmp_path / f"text{trained}/tinyworld/{n}/model.safetensors"))
+                          for n in ("text_encoder", "text_encoder_2")}
+    for name, frozen in saved[False].items():
+        moved = saved[True][name]
+        assert frozen.keys() == moved.keys()
+        assert any(not torch.equal(frozen[k], moved[k]) for k in frozen), name
+
+
 def test_tinyclip_reward_scores_the_right_caption_higher_after_training(tmp_path):
     """Trained on renderings, tinyclip must prefer the true caption (a real, if small, training run)."""
     from egrpo.stages.pretrain import build_tinyclip, train_tinyclip
