@@ -161,6 +161,11 @@ def _check_semantics(cfg: dict) -> None:
                               "(set train.heldout.every and list it in train.heldout.metrics)")
         if "egrpo" not in cfg["algorithms"] or "dancegrpo" not in cfg["algorithms"]:
             raise ConfigError("claims.enabled: the claims compare egrpo with dancegrpo; list both in algorithms")
+    if cfg["health"]["kl_to_base"] and cfg["train"]["sharding"] != "none":
+        # its reference forwards run on the first update unit only, which padded processes skip: a
+        # sharded reference would leave the processes' collectives out of step
+        raise ConfigError("health.kl_to_base: not measured under train.sharding (yet); set sharding: none or "
+                          "kl_to_base: false")
     rs = cfg["profile"]["reward_setting"]
     if rs is not None and rs not in cfg["reward_settings"]:
         raise ConfigError(f"profile.reward_setting: {rs!r} is not a key of reward_settings "

@@ -29,6 +29,7 @@ class RunState:
     time_limit_stops: int = 0
     nfe_reference: int = 0
     nfe_heldout: int = 0          # the held-out curve's sampling: a measurement, not part of the budget
+    nfe_health: int = 0           # health.kl_to_base's reference forwards: a measurement, likewise
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -52,6 +53,8 @@ class UpdateStats:
     clipped: list = field(default_factory=list)      # |ratio - 1| > eps, every pair
     clipped_after: list = field(default_factory=list)  # ... after the first optimizer step
     kls: list = field(default_factory=list)
+    kls_to_base: list = field(default_factory=list)  # health.kl_to_base: KL to the base before the first step
+    health_nfe: int = 0                              # ... its reference forwards
     grad_norms: list = field(default_factory=list)
     skipped: int = 0
     dropped: int = 0
@@ -64,6 +67,7 @@ class UpdateStats:
         return {
             "loss": sum(self.losses) / len(self.losses) if self.losses else math.nan,
             "kl": sum(self.kls) / len(self.kls) if self.kls else math.nan,
+            "kl_to_base": sum(self.kls_to_base) / len(self.kls_to_base) if self.kls_to_base else math.nan,
             "ratio_mean": mean(self.ratios),
             "ratio_abs_dev_first": mean(self.first_dev),
             "logp_gap_first": mean(self.logp_gap),
@@ -98,6 +102,7 @@ class CostMeter:
         st.nfe_rollout += nfe_rollout
         st.nfe_train += nfe_train
         st.nfe_reference += nfe_reference
+        st.nfe_health += self.processes.sum_counts([stats.health_nfe])[0]
         st.prompts_seen += n_prompts
         st.wall_s += elapsed
         finite_rewards = scored.rewards[torch.isfinite(scored.rewards)]
@@ -137,6 +142,7 @@ class CostMeter:
             "nfe_rollout_total": st.nfe_rollout, "nfe_train_total": st.nfe_train,
             "nfe_reference_total": st.nfe_reference,
             "nfe_heldout_total": st.nfe_heldout,
+            "nfe_health_total": st.nfe_health,
             "forward_equivalents": st.forward_equivalents,
             "nfe_per_prompt": (st.nfe_rollout + st.nfe_train) / prompts_seen,
             "nfe_rollout_per_prompt": st.nfe_rollout / prompts_seen,

@@ -17,7 +17,7 @@ from egrpo.train import ema
 
 
 class Trainable:
-    def __init__(self, model, algorithm, tcfg: dict, processes):
+    def __init__(self, model, algorithm, tcfg: dict, processes, kl_to_base: bool = False):
         self.processes, self.max_grad_norm = processes, tcfg["max_grad_norm"]
         transformer, blocks = model.transformer, model.family.block_lists
         if tcfg["gradient_checkpointing"]:  # recompute block activations in the backward (FLUX scale)
@@ -25,7 +25,7 @@ class Trainable:
         if tcfg["finetune"] == "lora":
             add_lora(transformer, tcfg["lora_rank"], tcfg["lora_alpha"], model.family.lora_targets)
         else:
-            if algorithm.kl_beta > 0:  # the reference policy of the KL term: a frozen copy of the base
+            if algorithm.kl_beta > 0 or kl_to_base:  # the reference policy (KL term, health): a frozen copy of the base
                 model.reference = copy.deepcopy(transformer).requires_grad_(False).eval()
                 processes.shard_reference(model.reference, model.compute_dtype, blocks)
             transformer.requires_grad_(True)

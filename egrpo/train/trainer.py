@@ -68,8 +68,10 @@ class Trainer:
         # the algorithm walks the model's schedule (sampling.schedule: static, or the family's pipeline's)
         self.algo = build_algorithm(algorithm, cfg, self.plan, sigmas=self.model.sigmas(cfg["sampling"]["num_steps"]))
         self.model.round_timesteps = self.algo.timestep_rounding
-        self.trainable = Trainable(self.model, self.algo, self.tcfg, self.processes)
-        self.update = PPOUpdate(self.model, self.algo, self.trainable, self.processes, self.accelerator, self.tcfg)
+        kl_to_base = cfg["health"]["kl_to_base"]
+        self.trainable = Trainable(self.model, self.algo, self.tcfg, self.processes, kl_to_base)
+        self.update = PPOUpdate(self.model, self.algo, self.trainable, self.processes, self.accelerator, self.tcfg,
+                                kl_to_base)
         self.sampler = PromptSampler(len(self.prompts), self.tcfg["prompts_per_iteration"], seed,
                                      self.tcfg["prompt_sampling"])
         self.state = RunState()

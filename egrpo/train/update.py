@@ -20,8 +20,9 @@ log = logging.getLogger("egrpo.train")
 
 
 class PPOUpdate:
-    def __init__(self, model, algorithm, trainable, processes, accelerator, tcfg: dict):
+    def __init__(self, model, algorithm, trainable, processes, accelerator, tcfg: dict, kl_to_base: bool = False):
         self.model, self.algo, self.trainable = model, algorithm, trainable
+        self.kl_to_base = kl_to_base
         self.processes, self.accelerator = processes, accelerator
         self.inner_epochs, self.clip_range = tcfg["inner_epochs"], tcfg["clip_range"]
         self.per_forward = tcfg.get("transitions_per_forward", 1)
@@ -68,7 +69,7 @@ class PPOUpdate:
         sigma = torch.cat([torch.full((n,), float(algo.sigmas[tr.i]), dtype=torch.float64, device=model.device)
                            for n, (_, tr) in zip(rows, chunk)])
         v_all = model.velocity(x, sigma, cond)
-        v_ref_all = model.velocity(x, sigma, cond, reference=True) if algo.kl_beta > 0 else None
+        v_ref_all = self.reference_velocity(x, sigma, cond, stats, first_epoch)
         total = None
         for k, ((gi, tr), v, x_from) in enumerate(zip(chunk, v_all.split(rows), x.split(rows))):
             v_ref = None if v_ref_all is None else v_ref_all.split(rows)[k]
@@ -97,12 +98,28 @@ class PPOUpdate:
         algo, model = self.algo, self.model
         sigma = float(algo.sigmas[tr.i])
         v = model.velocity(tr.x_from, sigma, cond)
-        v_ref = model.velocity(tr.x_from, sigma, cond, reference=True) if algo.kl_beta > 0 else None
+        v_ref = self.reference_velocity(tr.x_from, sigma, cond, stats, first_epoch)
         loss = self.transition_loss(tr, group_advantages, v, v_ref, stats, first_epoch)
         if loss is None:
             self.processes.zero_backward(v)
             return
         self.accelerator.backward(loss * weight)
+
+    def reference_velocity(self, x, sigma, cond, stats: UpdateStats, first_epoch: bool) -> torch.Tensor | None:
+        """The base model's velocity where the KL term needs it (counted in the budget), or where
+        health.kl_to_base measures the KL to the base before the iteration's first optimizer step
+        (without gradients; its forwards counted apart, in stats.health_nfe); else None."""
+        model = self.model
+        if self.algo.kl_beta > 0:
+            return model.velocity(x, sigma, cond, reference=True)
+        if not (self.kl_to_base and first_epoch and not stats.grad_norms):
+            return None
+        before = model.nfe_reference
+        with torch.no_grad():
+            v_ref = model.velocity(x, sigma, cond, reference=True)
+        stats.health_nfe += model.nfe_reference - before
+        model.nfe_reference = before
+        return v_ref
 
     def transition_loss(self, tr, group_advantages: torch.Tensor, v: torch.Tensor, v_ref: torch.Tensor | None,
                         stats: UpdateStats, first_epoch: bool) -> torch.Tensor | None:
@@ -123,8 +140,11 @@ class PPOUpdate:
         if v_ref is not None:
             mean_ref, _ = algo.mean_std(tr.x_from, v_ref, algo.sigmas, tr.i, tr.j, algo.eta)
             kl = sde.kl_to_reference(mean, mean_ref, std, algo.sigmas, tr.i, tr.j, algo.kl_divisor).mean()
-            stats.kls.append(float(kl.detach()))
-            loss = loss + algo.kl_beta * kl
+            if first_epoch and not stats.grad_norms:
+                stats.kls_to_base.append(float(kl.detach()))
+            if algo.kl_beta > 0:
+                stats.kls.append(float(kl.detach()))
+                loss = loss + algo.kl_beta * kl
         if not torch.isfinite(loss):  # skip it; gradients accumulated so far are kept
             stats.skipped += 1
             log.warning("non-finite loss at transition %d -> %d, skipped", tr.i, tr.j)

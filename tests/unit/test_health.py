@@ -1,6 +1,8 @@
 """The health rules (egrpo/health.py) on logged numbers, each with the case that must flag it and the
 one that must not; and on real micro runs: a reward constant within groups is lost signal, a replay
 that computes something else than the rollout is a mismatch, a healthy run is healthy."""
+import pandas as pd
+import pytest
 from helpers import train_cfg
 
 from egrpo import health
@@ -123,3 +125,30 @@ def test_a_replay_that_computes_something_else_is_a_mismatch(tmp_path, tiny_mode
     _, metrics = run(tmp_path, tiny_model_dir)
     assert [f["rule"] for f in metrics["health"]["flags"]] == ["mismatch"]
     assert "rollout and training disagree" in metrics["health"]["flags"][0]["line"]
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_kl_to_the_base_is_zero_before_the_first_step_and_costs_nothing_of_the_budget(tmp_path, tiny_model_dir,
+                                                                                     finetune):
+    """health.kl_to_base: the KL of the policy's transitions to the base model's, measured on the
+    rollout before each iteration's first optimizer step, is 0 in the first iteration (the policy is
+    the base), positive once it has trained; its reference forwards are counted apart
+    (nfe_health_total), and the run is otherwise the same run: same budget, same rewards."""
+    from egrpo.config import validate
+    from egrpo.stages.train import run_train
+
+    runs = {}
+    for measured in (False, True):
+        cfg = train_cfg(tmp_path / str(measured), iterations=3, finetune=finetune)
+        cfg["health"]["kl_to_base"] = measured
+        cfg = validate(cfg)
+        metrics = run_train(cfg, "dancegrpo", "color", 0, str(tiny_model_dir), None, tmp_path / f"o{measured}",
+                            tmp_path / f"r{measured}")
+        runs[measured] = (metrics, pd.read_csv(tmp_path / f"o{measured}/train_log.csv"))
+    (plain, plain_log), (metrics, log) = runs[False], runs[True]
+    assert plain_log["kl_to_base"].isna().all() and plain["nfe_health_total"] == 0
+    assert log["kl_to_base"].iloc[0] == pytest.approx(0.0, abs=1e-10)
+    assert (log["kl_to_base"].iloc[1:] > 1e-12).all()
+    assert metrics["nfe_health_total"] > 0
+    assert metrics["forward_equivalents"] == plain["forward_equivalents"]
+    assert log["reward_mean"].tolist() == plain_log["reward_mean"].tolist()
