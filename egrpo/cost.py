@@ -18,7 +18,6 @@ import yaml
 
 from egrpo.algorithms import build_algorithm
 from egrpo.algorithms.facts import uses_plan
-from egrpo.config import tiny_world_model
 from egrpo.errors import UserError
 from egrpo.models.base import Conditioning, TrueCFG
 from egrpo.models.registry import family_class
@@ -80,11 +79,11 @@ def per_prompt_calls(cfg: dict, algorithm: str) -> tuple[int, int, int]:
     return model.nfe, train, reference
 
 
-def rate(cfg: dict, rates: list[dict]) -> tuple[dict | None, str]:
+def rate(cfg: dict, rates: list[dict], paper_scale: bool = True) -> tuple[dict | None, str]:
     """The measured rate for the config's family and resolution (scaled by image tokens), or None
-    (a tiny model, or a family without a measured row)."""
+    (a tiny model: paper_scale False, egrpo.config.tiny_world_model; or a family without a row)."""
     family, resolution = cfg["model"].get("family") or "flux", cfg["sampling"]["resolution"]
-    if tiny_world_model(cfg):
+    if not paper_scale:
         return None, "a tiny model: the measured rates are of paper-scale shapes (it runs in minutes on a CPU)"
     rows = [r for r in rates if r["family"] == family]
     if not rows:
@@ -137,10 +136,11 @@ def evaluate_cost(cfg: dict, speed: dict | None) -> JobCost:
                    f"{images} images x {steps} steps" + (f"; {notes}" if notes else ""))
 
 
-def estimate(cfg: dict) -> tuple[list[tuple[JobCost, int, float]], str]:
-    """Every job kind with how many of it the config runs and its GPUs; the rate's source."""
+def estimate(cfg: dict, paper_scale: bool = True) -> tuple[list[tuple[JobCost, int, float]], str]:
+    """Every job kind with how many of it the config runs and its GPUs; the rate's source (none for
+    a tiny model: paper_scale False)."""
     rates = yaml.safe_load((DATA / "rates.yaml").read_text())
-    speed, source = rate(cfg, rates)
+    speed, source = rate(cfg, rates, paper_scale)
     res = cfg["resources"]
     runs = len(cfg["reward_settings"]) * len(cfg["seeds"])
     jobs = [(train_cost(cfg, a, speed), runs, res["train"].get("gpu", 0) * (res["train"].get("nodes") or 1))
@@ -176,8 +176,8 @@ def runtime_problems(cfg: dict, attempts: int | None) -> list[str]:
 
 
 def summary(cfg: dict) -> str | None:
-    """One line for a dry run: the config's GPU-hours by the measured rates (None for a tiny model or
-    an unmeasured family)."""
+    """One line for a dry run of a paper-scale config: its GPU-hours by the measured rates (None for
+    an unmeasured family). Callers ask only for paper-scale configs (common.smk: PAPER_SCALE)."""
     jobs, source = estimate(cfg)
     if all(job.gpu_seconds is None for job, _, _ in jobs):
         return None

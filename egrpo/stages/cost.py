@@ -1,7 +1,7 @@
 """`egrpo cost`: what a config will compute, before the allocation is spent (egrpo/cost.py)."""
 from __future__ import annotations
 
-from egrpo.config import load
+from egrpo.config import load, tiny_world_model
 from egrpo.cost import attempts_needed, estimate
 
 NAME = "cost"
@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
 
 def run(args, cfg) -> None:
     cfg = load(*args.config)
-    jobs, source = estimate(cfg)
+    jobs, source = estimate(cfg, paper_scale=not tiny_world_model(cfg))
     print(f"rates: {source}")
     print(f"{'job':24s} {'count':>5s} {'iterations':>10s} {'fwd-equiv':>12s} {'GPU-h each':>10s} {'GPUs':>4s} "
           f"{'wall h':>7s} {'runtime h':>9s}  fits")
