@@ -6,6 +6,9 @@ by three documented rules with thresholds in the config's `health:` section (doc
                `heldout_drop`: the reward no longer means what the held-out metric means.
   lost_signal  the zero-std ratio (share of groups whose rewards do not differ: their advantages are
                all 0) stayed above `zero_std_ratio` for `iterations` consecutive iterations.
+  collapse     the trained reward itself fell by at least `drop` from the base (its own held-out
+               curve where it is measured, else the training reward's first and last `rows` rows)
+               while no held-out metric rose: the run is getting worse at everything.
   mismatch     before the first optimizer step the policy is the rollout's, so every PPO ratio is 1
                up to rounding; a mean |ratio - 1| above `ratio_dev` in any iteration means the replay
                does not compute what the rollout computed (precision, a different model, a bug).
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-RULES = ("hacking", "lost_signal", "mismatch")
+RULES = ("hacking", "lost_signal", "mismatch", "collapse")
 
 
 def _finite(x) -> bool:
@@ -35,7 +38,11 @@ def hacking(rows: list[dict], heldout: list[dict], trained: set[str], rule: dict
         near = [r["reward_mean"] for r in rows if abs(r["iteration"] - iteration) <= 1 and _finite(r.get("reward_mean"))]
         return sum(near) / len(near) if near else None
 
-    before, after = reward_at(max(start, 1)), reward_at(end)
+    own = [f"heldout_{r}" for r in sorted(trained) if all(_finite(p.get(f"heldout_{r}")) for p in window)]
+    if own:   # the trained reward on the held-out prompts: far less noisy than the rollouts' rewards
+        before, after = (sum(p[k] for k in own) / len(own) for p in (window[0], window[-1]))
+    else:
+        before, after = reward_at(max(start, 1)), reward_at(end)
     if before is None or after is None:
         return None
     rise = after - before
@@ -68,6 +75,32 @@ def lost_signal(rows: list[dict], rule: dict) -> dict | None:
     return None
 
 
+def collapse(rows: list[dict], heldout: list[dict], trained: set[str], rule: dict) -> dict | None:
+    n = rule["rows"]
+    own = [f"heldout_{r}" for r in sorted(trained)
+           if heldout and all(_finite(p.get(f"heldout_{r}")) for p in (heldout[0], heldout[-1]))]
+    if own and len(heldout) >= 2:
+        first, last = (sum(p[k] for k in own) / len(own) for p in (heldout[0], heldout[-1]))
+        what = "held-out " + " + ".join(k.removeprefix("heldout_") for k in own)
+    else:
+        rewards = [r["reward_mean"] for r in rows if _finite(r.get("reward_mean"))]
+        if len(rewards) < 2 * n:
+            return None
+        first, last = sum(rewards[:n]) / n, sum(rewards[-n:]) / n
+        what = f"training reward (first vs last {n} iterations)"
+    drop = first - last
+    if drop < rule["drop"]:
+        return None
+    others = {k: heldout[-1][k] - heldout[0][k] for k in (heldout[0] if heldout else {})
+              if k.startswith("heldout_") and k not in own and _finite(heldout[0].get(k)) and _finite(heldout[-1].get(k))}
+    if any(change > 0 for change in others.values()):
+        return None
+    also = "".join(f", held-out {k.removeprefix('heldout_')} {v:+.3g}" for k, v in others.items())
+    return {"rule": "collapse", "iteration": rows[-1]["iteration"] if rows else 0,
+            "line": f"collapse: {what} {-drop:+.3g} from the base ({first:.3g} -> {last:.3g}){also}: "
+                    "the run is getting worse at everything (learning rate too high?)"}
+
+
 def mismatch(rows: list[dict], rule: dict) -> dict | None:
     for r in rows:
         dev = r.get("ratio_abs_dev_first")
@@ -82,5 +115,6 @@ def assess(rows: list[dict], heldout: list[dict], trained_rewards, health: dict)
     """The run's verdict from its rows and held-out points; `trained_rewards`: the reward names it
     trains on (their held-out curves are not evidence against the training reward)."""
     flags = [f for f in (hacking(rows, heldout, set(trained_rewards), health["hacking"]),
-                         lost_signal(rows, health["lost_signal"]), mismatch(rows, health["mismatch"])) if f]
+                         lost_signal(rows, health["lost_signal"]), mismatch(rows, health["mismatch"]),
+                         collapse(rows, heldout, set(trained_rewards), health["collapse"])) if f]
     return {"verdict": "flagged" if flags else "healthy", "flags": flags}

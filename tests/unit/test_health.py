@@ -9,7 +9,8 @@ from egrpo import health
 
 RULES = {"hacking": {"points": 3, "reward_rise": 0.0, "heldout_drop": 0.02},
          "lost_signal": {"zero_std_ratio": 0.5, "iterations": 3},
-         "mismatch": {"ratio_dev": 1e-3}}
+         "mismatch": {"ratio_dev": 1e-3},
+         "collapse": {"drop": 0.1, "rows": 3}}
 
 
 def rows(rewards, zero_std=None, dev=None):
@@ -45,6 +46,38 @@ def test_mismatch_is_a_first_step_ratio_away_from_one():
     flag = health.mismatch(rows([0.5] * 3, dev=[1e-7, 0.02, 1e-7]), RULES["mismatch"])
     assert flag["iteration"] == 2 and "first-step ratio deviation 0.02 > 0.001" in flag["line"]
     assert health.mismatch(rows([0.5] * 3), RULES["mismatch"]) is None
+
+
+def test_collapse_is_the_trained_reward_down_with_nothing_up():
+    curve = [{"iteration": 2 * k, "heldout_tinyclip": t, "heldout_alignment": a}
+             for k, (t, a) in enumerate([(0.40, 0.58), (0.30, 0.50), (0.14, 0.30)])]
+    flag = health.collapse(rows([0.5] * 6), curve, {"tinyclip"}, RULES["collapse"])
+    assert flag["line"].startswith("collapse: held-out tinyclip -0.26 from the base (0.4 -> 0.14), held-out alignment -0.28")
+    rising = [dict(p, heldout_alignment=0.58 + 0.01 * k) for k, p in enumerate(curve)]   # the truth rose: not collapse
+    assert health.collapse(rows([0.5] * 6), rising, {"tinyclip"}, RULES["collapse"]) is None
+    # without a held-out curve of the trained reward: the training reward's first and last 3 rows
+    assert health.collapse(rows([0.6, 0.6, 0.6, 0.3, 0.3, 0.3]), [], {"c"}, RULES["collapse"])["rule"] == "collapse"
+    assert health.collapse(rows([0.6, 0.6, 0.6, 0.55, 0.55, 0.55]), [], {"c"}, RULES["collapse"]) is None
+
+
+def test_two_real_runs_that_go_bad_are_collapse_not_hacking():
+    """Full fine-tuning of the one-object base on tinyclip (E-GRPO, seed 99, 128 k forward-equivalents;
+    tests/data/health/, docs/health.md): at 1e-4 and 3e-4 the trained reward falls on held-out prompts
+    along with the truth. Before the collapse rule, the first was called hacking (from the rollouts'
+    noisy reward) and the second healthy."""
+    import json
+
+    from helpers import ROOT
+
+    from egrpo.config import validate
+    from helpers import micro_config
+
+    defaults = validate(micro_config(ROOT))["health"]
+    runs = json.loads((ROOT / "tests/data/health/tinyclip_full_ft.json").read_text())
+    for name, run in runs.items():
+        verdict = health.assess(run["rows"], run["heldout"], ["tinyclip"], defaults)
+        assert [f["rule"] for f in verdict["flags"]] == ["collapse"], (name, verdict)
+        assert "held-out tinyclip" in verdict["flags"][0]["line"] and "held-out alignment -" in verdict["flags"][0]["line"]
 
 
 def test_the_verdict_collects_every_flag():
