@@ -48,18 +48,27 @@ def main() -> None:
     window = min(mix["window_size"], n - 2)  # at step 0 in the first iteration; never the last two steps
     mix_chunks = math.ceil(g / mix["samples_per_step"])
     flow_trained = int(cfg["algorithm_params"]["flowgrpo"]["timestep_fraction"] * n)
+    branch = cfg["algorithm_params"]["branchgrpo"]
+    bn = branch["num_steps"] or n
+    splits = sorted({min(s, bn - 1) for s in branch["split_points"]})
+    branch_nodes = [2 ** sum(s < i for s in splits) for i in range(bn)]   # nodes per step of its tree
+    nft = cfg["algorithm_params"]["diffusionnft"]
+    nft_n = nft["num_steps"] or n
     formulas = {
         "egrpo": (max(s for s, _ in entries) + 1 + sum(g * math.ceil((n - s - k) / gr) for s, k in entries
                   for gr in cfg["algorithm_params"]["egrpo"]["granular_list"]), len(entries)),
         "dancegrpo": (1 + g * (n - 1), None),          # shared initial noise: v(x_0) once
         "mixgrpo": (1 + g * (n - 1), mix_chunks + g * (window - 1)),
         "flowgrpo": (g * n, g * flow_trained),
+        # every edge of its tree, unpruned: the children made by each step
+        "branchgrpo": (sum(branch_nodes), sum(branch_nodes[1:]) + branch_nodes[-1] * (2 if bn - 1 in splits else 1)),
+        "diffusionnft": (g * nft_n, g * int(nft["timestep_fraction"] * nft_n)),   # its own N, deterministic
     }
     print(f"N = {n}, G = {g}, plan ({plan['rule']}, tau = {plan['tau']:.3f}): {entries}")
     print(f"{'algorithm':10s} {'rollout':>8s} {'formula':>8s} {'train':>6s} {'formula':>8s} {'ref':>5s} "
           f"{'fwd-equiv':>9s} {'|ratio-1|':>10s}")
     fe = {}
-    for name in ("egrpo", "dancegrpo", "mixgrpo", "flowgrpo"):
+    for name in ("egrpo", "dancegrpo", "mixgrpo", "flowgrpo", "branchgrpo", "diffusionnft"):
         trainer = Trainer(cfg, name, next(iter(cfg["reward_settings"])), 0, str(model_dir),
                           str(tmp / "plan.json") if name == "egrpo" else None, tmp / name, tmp / f"r-{name}")
         row = trainer.iteration(0)

@@ -166,6 +166,9 @@ def _check_semantics(cfg: dict) -> None:
         # sharded reference would leave the processes' collectives out of step
         raise ConfigError("health.kl_to_base: not measured under train.sharding (yet); set sharding: none or "
                           "kl_to_base: false")
+    if "diffusionnft" in cfg["algorithms"] and cfg["train"]["sharding"] != "none":
+        raise ConfigError("algorithms: diffusionnft does not train under train.sharding fsdp (its old policy is an "
+                          "unsharded copy of the trained weights); set sharding: none (LoRA: config/paper-nft.yaml)")
     rs = cfg["profile"]["reward_setting"]
     if rs is not None and rs not in cfg["reward_settings"]:
         raise ConfigError(f"profile.reward_setting: {rs!r} is not a key of reward_settings "

@@ -74,8 +74,9 @@ def per_prompt_calls(cfg: dict, algorithm: str) -> tuple[int, int, int]:
     model = CountingModel(evaluations_per_call(cfg))
     cond = Conditioning({"embeds": torch.zeros(1, 1, device="cpu")})
     groups = algo.rollout(model, cond, 0, torch.Generator().manual_seed(0), 0)
-    train = algo.expected_train_nfe(groups) * cfg["train"]["inner_epochs"] * model.evaluations_per_call
-    reference = train if algo.kl_beta > 0 else 0
+    scale = cfg["train"]["inner_epochs"] * model.evaluations_per_call
+    train = algo.expected_train_nfe(groups) * scale
+    reference = algo.expected_reference_nfe(groups) * scale
     return model.nfe, train, reference
 
 

@@ -171,3 +171,54 @@ def sde_trajectory(velocity: Callable, x0: torch.Tensor, cond, sigmas: torch.Ten
         x = x_next
         states.append(x)
     return states, logps, x0_hat
+
+
+@torch.no_grad()
+def dpm_run(velocity: Callable, x: torch.Tensor, cond, sigmas: torch.Tensor, order: int = 2) -> torch.Tensor:
+    """The deterministic DPM-Solver++ run (order 1 or 2M) from x [G, L, C] at sigma_0 to sigma_N
+    (DiffusionNFT's `dpm1`/`dpm2` solver, egrpo.sde.dpm_update): N model calls per sample."""
+    x0_preds = []
+    for i in range(len(sigmas) - 1):
+        v = velocity(x, float(sigmas[i]), cond)
+        x0_preds = (x0_preds + [sde.x0_prediction(x, v, float(sigmas[i]))])[-2:]
+        x = sde.dpm_update(x, x0_preds, sigmas, i, order)
+    return x
+
+
+@dataclass
+class Tree:
+    """A rollout tree (BranchGRPO): nodes in creation order, node 0 the root; parents[c] = c's parent
+    (-1 for the root); logps[c] = log p of the edge into c at rollout; leaves in the order of the finals."""
+    parents: list[int]
+    logps: torch.Tensor
+    leaves: list[int]
+
+
+@torch.no_grad()
+def tree_rollout(velocity: Callable, x: torch.Tensor, cond, sigmas: torch.Tensor, eta: float,
+                 generator: torch.Generator, splits: set[int], split_noise: float,
+                 mean_std: Callable = sde.dance_mean_std):
+    """A tree from one root x [1, L, C]: at every step all current nodes take one SDE step in one
+    model call (a shared prefix is computed once); at a split step each node gets two children whose
+    noise is scaled by `split_noise` (their log-probs under the unscaled std, as BranchGRPO's
+    `flux_step_with_split`). Returns (tree, transitions [one per step: parents' states -> children,
+    members = child node ids], x0_hat of the leaves [2^|splits|, L, C]: x_{N-1} - sigma_{N-1} v)."""
+    n = len(sigmas) - 1
+    parents, logps, level = [-1], [torch.zeros(1, device=x.device)], [0]
+    transitions, x0_hat = [], None
+    for i in range(n):
+        v = velocity(x, float(sigmas[i]), cond)
+        mean, std = mean_std(x, v, sigmas, i, i + 1, eta)
+        k, scale = (2, split_noise) if i in splits else (1, 1.0)
+        mean, x_from = mean.repeat_interleave(k, 0), x.repeat_interleave(k, 0)
+        noise = torch.randn(mean.shape, generator=generator, device="cpu").to(x.device)  # on the CPU: drawn on the CPU for reproducibility
+        x_next = mean + std * scale * noise
+        logp = sde.gaussian_log_prob(x_next, mean, std)
+        children = list(range(len(parents), len(parents) + len(level) * k))
+        parents += [p for p in level for _ in range(k)]
+        logps.append(logp)
+        transitions.append(Transition(i, i + 1, x_from, x_next, logp, children))
+        if i == n - 1:
+            x0_hat = sde.x0_prediction(x, v, float(sigmas[i])).repeat_interleave(k, 0)
+        x, level = x_next, children
+    return Tree(parents, torch.cat(logps).cpu(), level), transitions, x0_hat

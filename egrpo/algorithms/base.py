@@ -33,29 +33,31 @@ class AdvantageRule:
 
 class Algorithm:
     name = "base"
+    update = "ppo"                   # its update phase: ppo (egrpo/train/update.py) or nft (egrpo/train/nft.py)
     ema_recipe: dict | None = None   # the EMA of the weights its official trainer keeps (train.ema: recipe)
 
     def __init__(self, cfg: dict, plan: list[tuple[int, int]] | None = None, sigmas: torch.Tensor | None = None):
         sampling = cfg["sampling"]
         self.cfg = cfg
-        self.num_steps = sampling["num_steps"]
+        self.params = p = cfg["algorithm_params"][self.name]
+        self.num_steps = p.get("num_steps") or sampling["num_steps"]   # its own rollout length, where it has one
         self.group_size = sampling["group_size"]
         # the model's schedule (FlowModel.sigmas); E-GRPO's static closed form when none is given
         self.sigmas = sde.sigma_schedule(self.num_steps, sampling["shift"]) if sigmas is None else sigmas
         if len(self.sigmas) != self.num_steps + 1:
             raise ValueError(f"sigmas: {len(self.sigmas)} values for {self.num_steps} steps")
-        self.params = p = cfg["algorithm_params"][self.name]
-        self.eta = sampling["eta"] if p["eta"] is None else p["eta"]
-        self.mean_std: Callable = sde.dance_mean_std if p["sde"] == "dance" else sde.sde_mean_std
+        self.eta = sampling["eta"] if p.get("eta") is None else p["eta"]   # SDE settings: the GRPO family's
+        self.mean_std: Callable = sde.dance_mean_std if p.get("sde") == "dance" else sde.sde_mean_std
         self.kl_beta = p["kl_beta"]
-        self.kl_divisor = p["kl_divisor"]
+        self.kl_divisor = p.get("kl_divisor", "sde_std")
         self.timestep_rounding = p["timestep_rounding"]
         self.advantage = AdvantageRule(unbiased=p["advantage_std"] == "sample", eps=p["advantage_eps"],
                                        global_std=p["global_std"], combination=p["reward_combination"])
         self.learning_rate = cfg["train"]["learning_rate"] if p["learning_rate"] is None else p["learning_rate"]
-        self.optimizer_step = p["optimizer_step"]
-        self.samples_per_step = p["samples_per_step"]
-        self.steps_per_iteration = p["steps_per_iteration"]
+        self.optimizer_step = p.get("optimizer_step", "per_iteration")
+        self.samples_per_step = p.get("samples_per_step", 1)
+        self.steps_per_iteration = p.get("steps_per_iteration", 1)
+        self.clip_range = p.get("clip_range")       # null: train.clip_range
 
     @property
     def uses_plan(self) -> bool:
@@ -92,11 +94,12 @@ class Algorithm:
             size = g
         return [list(range(start, min(start + size, g))) for start in range(0, g, size)]
 
-    def update_units(self, groups: list[Group]) -> list[list[tuple[int, object]]]:
+    def update_units(self, groups: list[Group], advantages=None) -> list[list[tuple[int, object]]]:
         """The iteration's training work as optimizer steps: each unit is a list of
         (group index, transition restricted to the unit's members). One optimizer step per unit
         minimizes the mean PPO term over the unit's (member, transition) pairs, as the official
-        trainers do (their losses are divided by the accumulation count)."""
+        trainers do (their losses are divided by the accumulation count). `advantages` (per group) is
+        for algorithms that prune by them (BranchGRPO)."""
         pairs = [(gi, tr) for gi, g in enumerate(groups) for tr in g.transitions]
         if self.optimizer_step == "per_entry":  # one step per plan entry (s, s+k) or step index (i, i+1)
             keys = sorted({(tr.i, tr.j) for _, tr in pairs})
@@ -112,6 +115,14 @@ class Algorithm:
                 units.append(unit)
         return units
 
+    def loss_denominator(self, unit) -> float:
+        """What a unit's summed terms are divided by: its pairs (the unit's mean)."""
+        return float(sum(tr.x_to.shape[0] for _, tr in unit))
+
     def expected_train_nfe(self, groups: list[Group]) -> int:
         """One forward(+backward) per stored transition and unit, with the batch of its x_from."""
         return sum(tr.x_from.shape[0] for unit in self.update_units(groups) for _, tr in unit)
+
+    def expected_reference_nfe(self, groups: list[Group]) -> int:
+        """Forwards without backward besides the rollout: the KL reference's, one per trained forward."""
+        return self.expected_train_nfe(groups) if self.kl_beta > 0 else 0

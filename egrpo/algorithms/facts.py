@@ -17,6 +17,8 @@ ALGORITHMS: dict[str, Facts] = {
     "dancegrpo": Facts("egrpo.algorithms.dancegrpo:DanceGRPO", uses_plan=False),
     "mixgrpo": Facts("egrpo.algorithms.mixgrpo:MixGRPO", uses_plan=False),
     "flowgrpo": Facts("egrpo.algorithms.flowgrpo:FlowGRPO", uses_plan=False),
+    "branchgrpo": Facts("egrpo.algorithms.branchgrpo:BranchGRPO", uses_plan=False),
+    "diffusionnft": Facts("egrpo.algorithms.diffusionnft:DiffusionNFT", uses_plan=False),
 }
 
 

@@ -237,7 +237,7 @@ def plot_claims(curves: pd.DataFrame, profile: pd.DataFrame, merged: pd.DataFram
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
-    colors = {"egrpo": "#d62728", "dancegrpo": "#1f77b4", "mixgrpo": "#2ca02c", "flowgrpo": "#9467bd"}
+    colors = {"egrpo": "#d62728", "dancegrpo": "#1f77b4", "mixgrpo": "#2ca02c", "flowgrpo": "#9467bd", "diffusionnft": "#ff7f0e", "branchgrpo": "#8c564b"}
     for algorithm, g in curves.groupby("algorithm"):
         # per seed curves live on their own x grids: interpolate onto a common one for the band, up
         # to the shortest run's end (beyond it the mean would jump to the few longer runs)

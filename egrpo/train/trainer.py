@@ -34,6 +34,7 @@ from egrpo.train.processes import make_processes
 from egrpo.train.resume import ResumeState
 from egrpo.train.sampler import PromptSampler, iteration_generator
 from egrpo.train.state import CostMeter, RunState
+from egrpo.train.nft import NFTUpdate
 from egrpo.train.trainable import Trainable
 from egrpo.train.update import PPOUpdate
 
@@ -66,12 +67,17 @@ class Trainer:
         torch.backends.cuda.enable_cudnn_sdp(self.tcfg["cudnn_attention"])
         self.model = FlowModel(load_pipeline(cfg, model_dir), cfg, self.processes.device)
         # the algorithm walks the model's schedule (sampling.schedule: static, or the family's pipeline's)
-        self.algo = build_algorithm(algorithm, cfg, self.plan, sigmas=self.model.sigmas(cfg["sampling"]["num_steps"]))
+        # over its own number of steps where it has one (DiffusionNFT's num_steps)
+        steps = cfg["algorithm_params"][algorithm].get("num_steps") or cfg["sampling"]["num_steps"]
+        self.algo = build_algorithm(algorithm, cfg, self.plan, sigmas=self.model.sigmas(steps))
         self.model.round_timesteps = self.algo.timestep_rounding
         kl_to_base = cfg["health"]["kl_to_base"]
         self.trainable = Trainable(self.model, self.algo, self.tcfg, self.processes, kl_to_base)
-        self.update = PPOUpdate(self.model, self.algo, self.trainable, self.processes, self.accelerator, self.tcfg,
-                                kl_to_base)
+        if self.algo.update == "nft":
+            self.update = NFTUpdate(self.model, self.algo, self.trainable, self.processes, self.accelerator, self.tcfg)
+        else:
+            self.update = PPOUpdate(self.model, self.algo, self.trainable, self.processes, self.accelerator,
+                                    self.tcfg, kl_to_base)
         self.sampler = PromptSampler(len(self.prompts), self.tcfg["prompts_per_iteration"], seed,
                                      self.tcfg["prompt_sampling"])
         self.state = RunState()
@@ -89,11 +95,16 @@ class Trainer:
         """Write the resume state (every process that holds a part of it), then wait for the others."""
         if self.processes.writes_checkpoints:
             self.resume.save(self.model.transformer, self.trainable.optimizer, self.state.to_json(),
-                             self.trainable.extra_state())
+                             self.extra_state())
         self.processes.barrier()
 
+    def extra_state(self) -> dict | None:
+        """The resume state's tensors besides weights and optimizer: the EMA's and the old policy's."""
+        extra = {**(self.trainable.extra_state() or {}), **(self.update.extra_state() or {})}
+        return extra or None
+
     def load_resume(self) -> bool:
-        state = self.resume.load(self.model.transformer, self.trainable.optimizer, self.trainable.extra_state())
+        state = self.resume.load(self.model.transformer, self.trainable.optimizer, self.extra_state())
         if state is not None:
             self.state = self.meter.state = RunState.from_json(state)
         return state is not None
@@ -103,7 +114,7 @@ class Trainer:
         """rollout -> score -> update; the row records each phase's seconds (and peak GiB on a GPU)."""
         start = time.perf_counter()
         phases = {}
-        with self.phase("rollout", phases):
+        with self.phase("rollout", phases), self.update.sampling_policy():
             rollout = self.rollout(it)
         with self.phase("scoring", phases):
             scored = score_groups(rollout.groups, self.model, self.setting, self.prompts, self.tcfg["adv_clip_max"],

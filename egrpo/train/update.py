@@ -9,6 +9,7 @@ with one sigma per row, and backpropagates their weighted sum once: the same los
 one forward and backward per transition, in fewer, larger calls."""
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -24,17 +25,25 @@ class PPOUpdate:
         self.model, self.algo, self.trainable = model, algorithm, trainable
         self.kl_to_base = kl_to_base
         self.processes, self.accelerator = processes, accelerator
-        self.inner_epochs, self.clip_range = tcfg["inner_epochs"], tcfg["clip_range"]
+        self.inner_epochs = tcfg["inner_epochs"]
+        self.clip_range = algorithm.clip_range if algorithm.clip_range is not None else tcfg["clip_range"]
         self.per_forward = tcfg.get("transitions_per_forward", 1)
+
+    def sampling_policy(self):
+        """The rollouts sample the trained weights (the old policy of the ratio is their log-probs)."""
+        return contextlib.nullcontext()
+
+    def extra_state(self) -> dict | None:
+        return None
 
     def __call__(self, rollout, advantages: list[torch.Tensor], state) -> UpdateStats:
         stats = UpdateStats()
-        units = self.algo.update_units(rollout.groups)
+        units = self.algo.update_units(rollout.groups, advantages)
         padding = self.processes.padding(units)
         for epoch in range(self.inner_epochs):
             for u, pad in enumerate(padding):
                 unit = units[u] if u < len(units) else []
-                pairs = sum(tr.x_to.shape[0] for _, tr in unit)
+                pairs = self.algo.loss_denominator(unit)
                 for chunk in self.chunks(unit, rollout):
                     if len(chunk) == 1:
                         gi, tr = chunk[0]

@@ -50,8 +50,9 @@ def test_nfe_benchmark_toy():
     assert "RESULT nfe_egrpo_over_dancegrpo" in out
     for line in out.splitlines():  # measured == closed form for every algorithm
         parts = line.split()
-        if parts and parts[0] in ("egrpo", "dancegrpo", "mixgrpo", "flowgrpo"):
+        if parts and parts[0] in ("egrpo", "dancegrpo", "mixgrpo", "flowgrpo", "branchgrpo", "diffusionnft"):
             assert parts[1] == parts[2] and parts[3] == parts[4], line
+    assert "diffusionnft" in out and "branchgrpo" in out
 
 
 def test_recipe_check_tool(tmp_path, tiny_model_dir):
@@ -64,8 +65,8 @@ def test_recipe_check_tool(tmp_path, tiny_model_dir):
     path = tmp_path / "micro.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = run("tools/recipe_check.py", "--config", str(path), "--model", str(tiny_model_dir))
-    assert out.count("optimizer steps") == 4
-    assert "shared initial noise: True" in out and "shared initial noise: False" in out  # dancegrpo, flowgrpo
+    assert out.count("optimizer steps") == 6
+    assert "one tree per prompt: splits at [0, 3, 6, 9]" in out and "16 leaves" in out   # branchgrpo's 20 steps    assert "deterministic dpm2 steps" in out and "optimizer steps 1;" in out   # diffusionnft    assert "shared initial noise: True" in out and "shared initial noise: False" in out  # dancegrpo, flowgrpo
     assert "never step 3: True" in out
 
 
@@ -94,7 +95,7 @@ def test_gpu_e2e_smoke_runs_every_algorithm_through_the_trainer():
     one iteration of each algorithm with paper.yaml's recipe, a row per algorithm with each phase's time."""
     out = run("benchmarks/gpu_e2e.py", "--smoke", "--parts", "flux")
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "algorithm" not in line]
-    assert [r[0].strip() for r in rows] == ["egrpo", "dancegrpo", "mixgrpo", "flowgrpo"]
+    assert [r[0].strip() for r in rows] == ["egrpo", "dancegrpo", "mixgrpo", "flowgrpo", "branchgrpo", "diffusionnft"]
     for r in rows:
         rollout_nfe, train_nfe = (int(v) for v in r[5].split("/"))
         assert rollout_nfe > 0 and train_nfe > 0 and float(r[1]) > 0

@@ -71,6 +71,29 @@ def test_official_plan_overlay_and_the_family_configs():
     assert (qwen["sampling"]["num_steps"], qwen["sampling"]["resolution"], qwen["sampling"]["group_size"]) == (20, 720, 12)
 
 
+
+def test_diffusionnft_and_branchgrpo_overlays():
+    """config/paper-branchgrpo.yaml adds BranchGRPO's script recipe to paper.yaml; config/sd35-nft.yaml is DiffusionNFT's sd3_pickscore / sd3_hpsv2 recipes over sd35.yaml (no CFG in
+    training or evaluation, 48 prompts, 40 evaluation steps); config/paper-nft.yaml adds it to paper.yaml
+    as LoRA without FSDP, which it needs (refused in one line otherwise)."""
+    nft = load("config/sd35.yaml", "config/sd35-nft.yaml")
+    assert nft["algorithms"] == ["diffusionnft"] and set(nft["reward_settings"]) == {"pickscore", "hps"}
+    assert (nft["sampling"]["guidance"], nft["evaluate"]["guidance"], nft["evaluate"]["num_steps"]) == (1.0, 1.0, 40)
+    assert (nft["train"]["prompts_per_iteration"], nft["sampling"]["group_size"], nft["train"]["learning_rate"]) == (48, 24, 3e-4)
+    p = nft["algorithm_params"]["diffusionnft"]
+    assert (p["num_steps"], p["solver"], p["beta"], p["decay_type"], p["kl_beta"]) == (10, "dpm2", 1.0, 1, 1e-4)
+    paper = load("config/paper.yaml", "config/paper-nft.yaml")
+    assert "diffusionnft" in paper["algorithms"] and paper["train"]["sharding"] == "none"
+    assert (paper["train"]["finetune"], paper["train"]["lora_rank"], paper["train"]["lora_alpha"]) == ("lora", 32, 64)
+    branch = load("config/paper.yaml", "config/paper-branchgrpo.yaml")
+    assert branch["algorithms"] == ["egrpo", "dancegrpo", "branchgrpo"] and branch["train"]["sharding"] == "fsdp"
+    b = branch["algorithm_params"]["branchgrpo"]
+    assert (b["num_steps"], b["split_points"], b["split_noise"], b["clip_range"], b["edges_per_step"]) == (20, [0, 3, 6, 9], 4.0, 1e-3, 12)
+    bad = load("config/paper.yaml")
+    bad["algorithms"] = ["egrpo", "diffusionnft"]
+    with pytest.raises(ConfigError, match="diffusionnft does not train under train.sharding fsdp"):
+        validate(bad)
+
 BAD = [
     ({"sampling": {"group_size": 1}}, "sampling.group_size"),
     ({"sampling": {"eta": -0.1}}, "sampling.eta"),

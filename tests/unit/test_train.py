@@ -382,17 +382,22 @@ def test_the_saved_policy_is_the_ema_of_every_optimizer_step(tmp_path, tiny_mode
         "the policy is the EMA, not the last weights"
 
 
-def test_flowgrpo_resumes_its_ema(tmp_path, tiny_model_dir, monkeypatch):
-    """Flow-GRPO's recipe keeps an EMA (train.ema: recipe); a run that crashes after iteration 2 and
-    resumes ends at the unbroken run's policy, so the EMA state is part of the resume state."""
+@pytest.mark.parametrize("algorithm,ema", [
+    ("flowgrpo", {"decay": 0.9, "every": 8, "warmup": True, "use_for": ["heldout", "policy"]}),
+    ("diffusionnft", {"decay": 0.9, "every": 1, "warmup": True, "use_for": ["heldout", "policy"]})])
+def test_ema_and_old_policy_are_resumed(tmp_path, tiny_model_dir, monkeypatch, algorithm, ema):
+    """Flow-GRPO's and DiffusionNFT's recipes keep an EMA (train.ema: recipe), DiffusionNFT an old
+    policy besides; a run that crashes after iteration 2 and resumes ends at the unbroken run's
+    policy, so both are part of the resume state."""
     import torch
     from safetensors.torch import load_file
 
     from egrpo.runtime.faults import FaultPlan
 
     cfg = train_cfg(tmp_path, iterations=3)
-    unbroken = run_train(cfg, "flowgrpo", "color", 0, str(tiny_model_dir), None, tmp_path / "u", tmp_path / "ru")
-    assert unbroken["ema"] == {"decay": 0.9, "every": 8, "warmup": True, "use_for": ["heldout", "policy"]}
+    cfg["algorithm_params"]["diffusionnft"].update(num_steps=3, decay_type=2)
+    unbroken = run_train(cfg, algorithm, "color", 0, str(tiny_model_dir), None, tmp_path / "u", tmp_path / "ru")
+    assert unbroken["ema"] == ema
 
     def crash(plan, done, resumed):   # a fault after iteration 2 of a fresh run
         if done == 2 and not resumed:
@@ -400,13 +405,57 @@ def test_flowgrpo_resumes_its_ema(tmp_path, tiny_model_dir, monkeypatch):
 
     monkeypatch.setattr(FaultPlan, "after_iteration", crash)
     with pytest.raises(RuntimeError):
-        run_train(cfg, "flowgrpo", "color", 0, str(tiny_model_dir), None, tmp_path / "k", tmp_path / "rk")
+        run_train(cfg, algorithm, "color", 0, str(tiny_model_dir), None, tmp_path / "k", tmp_path / "rk")
     assert any(n.startswith("extra") for n in __import__("os").listdir(tmp_path / "rk/state"))
-    resumed = run_train(cfg, "flowgrpo", "color", 0, str(tiny_model_dir), None, tmp_path / "k", tmp_path / "rk")
+    resumed = run_train(cfg, algorithm, "color", 0, str(tiny_model_dir), None, tmp_path / "k", tmp_path / "rk")
     assert resumed["resumed_from_iteration"] == 2
     assert {k: v for k, v in unbroken.items() if k not in VOLATILE} == {k: v for k, v in resumed.items() if k not in VOLATILE}
     a, b = (load_file(str(tmp_path / d / "checkpoint/lora.safetensors")) for d in ("u", "k"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_diffusionnft_trains_counts_its_cost_and_samples_its_old_policy(tmp_path, tiny_model_dir, monkeypatch, finetune):
+    """DiffusionNFT: deterministic rollouts of N steps, int(0.99 N) trained sigmas per sample, one
+    optimizer step per iteration, an old-policy and a base forward per trained row (reference
+    forwards); the rollouts sample the old policy, which follows the trained one by decay_type."""
+    from egrpo.train import nft
+
+    cfg = train_cfg(tmp_path, iterations=2, finetune=finetune, learning_rate=1e-3)
+    cfg["algorithm_params"]["diffusionnft"].update(num_steps=5, decay_type=0)
+    updates = []
+    real_update = nft.OldPolicy.update
+    monkeypatch.setattr(nft.OldPolicy, "update", lambda self, d: (updates.append(d), real_update(self, d)))
+    m = run_train(cfg, "diffusionnft", "color", 0, str(tiny_model_dir), None, tmp_path / "o", tmp_path / "r")
+    log = pd.read_csv(tmp_path / "o/train_log.csv")
+    g, prompts = cfg["sampling"]["group_size"], cfg["train"]["prompts_per_iteration"]
+    assert (log["nfe_rollout"] == prompts * g * 5).all() and (log["nfe_rollout"] == log["nfe_rollout_expected"]).all()
+    assert (log["nfe_train"] == prompts * g * int(0.99 * 5)).all() and (log["nfe_train"] == log["nfe_train_expected"]).all()
+    assert (log["nfe_reference"] == 2 * log["nfe_train"]).all(), "old policy + base (kl_beta 1e-4) per trained row"
+    assert (log["optimizer_steps"] == 1).all() and log["loss"].notna().all() and (log["kl"] >= 0).all()
+    assert m["forward_equivalents"] == m["nfe_rollout_total"] + 3 * m["nfe_train_total"] + m["nfe_reference_total"]
+    assert updates == [0.0, 0.0], "decay_type 0: the old policy becomes the trained one after each iteration"
+    assert m["recipe"]["num_steps"] == 5 and m["recipe"]["solver"] == "dpm2"
+
+
+def test_diffusionnft_loss_moves_towards_high_reward_samples():
+    """The NFT gradient at v = v_old pulls the velocity's x0-prediction towards x0 for r = 1 and away
+    from it for r = 0 (its sign is what makes the positive/negative policies work)."""
+    import torch
+
+    from egrpo import sde
+
+    torch.manual_seed(0)
+    x0, e = torch.randn(2, 8, 4), torch.randn(2, 8, 4)
+    t = torch.tensor([0.5, 0.5])
+    x_t = 0.5 * x0 + 0.5 * e
+    v_old = (e - x0) + 0.3 * torch.randn(2, 8, 4)       # an imperfect old velocity
+    v = v_old.clone().requires_grad_(True)
+    r = torch.tensor([1.0, 0.0])
+    sde.nft_loss(v, v_old, x_t, x0, t, r, beta=1.0, clip_max=5.0).sum().backward()
+    target = e - x0                                        # the velocity whose x0-prediction is x0
+    towards = ((-v.grad) * (target - v_old)).sum(dim=(1, 2))   # a gradient step's projection on the way to x0
+    assert towards[0] > 0 and towards[1] < 0
 
 
 # ---- prompt sampling (train.prompt_sampling) -------------------------------------------------------
