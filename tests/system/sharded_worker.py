@@ -18,8 +18,8 @@ rank = int(os.environ["RANK"])
 update_units = Algorithm.update_units
 
 
-def fewer_on_rank0(self, groups):
-    units = update_units(self, groups)
+def fewer_on_rank0(self, groups, advantages=None):
+    units = update_units(self, groups, advantages)
     if rank == 0:
         units[0] = units[0][:-1]
     return units
