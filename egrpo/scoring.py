@@ -13,7 +13,7 @@ from egrpo.rewards import RewardSetting
 
 @dataclass
 class ScoredGroups:
-    advantages: list[torch.Tensor]    # one [G] tensor per group (a tree's: one per node)
+    advantages: list[torch.Tensor]    # one [G] tensor per group (or what rule.per_group gives: a tree's, one per node)
     rewards: torch.Tensor             # combined reward of every final sample [sum of G*labels]
     components: dict[str, torch.Tensor]
     zero_std_ratio: float
@@ -53,11 +53,8 @@ def score_groups(groups, model, setting: RewardSetting, prompts, adv_clip: float
             flat = images[part].detach().float().flatten(1)
             pairwise = torch.cdist(flat, flat) / flat.shape[1] ** 0.5
             distances.append(float(pairwise.sum() / (size * (size - 1))))
-        tree = groups[gi].info.get("tree")
-        if tree is not None:   # BranchGRPO: one advantage per node of the tree, from the combined reward of its leaves
-            logps = tree.logps if groups[gi].info.get("prob_weighted") else None
-            rewards = torch.where(valid, combined, nan)[part]
-            advantages[gi] = sde.tree_advantages(tree.parents, sde.tree_node_rewards(tree.parents, tree.leaves, rewards, logps))
+        if rule.per_group is not None:   # the algorithm's own rule, from the combined reward (BranchGRPO's tree)
+            advantages[gi] = rule.per_group(groups[gi], torch.where(valid, combined, nan)[part])
         else:
             for name, (rewards, weight) in to_normalize.items():
                 advantages[gi] += weight * sde.group_advantages(rewards[part], rule.eps, rule.unbiased, global_std.get(name))

@@ -29,6 +29,7 @@ class AdvantageRule:
     eps: float = 1e-8                # advantage_eps
     global_std: bool = False         # std of the whole iteration's rewards instead of the group's
     combination: str = "sum_then_normalize"  # or normalize_then_sum
+    per_group: Callable | None = None  # (group, its combined rewards) -> its advantages, replacing the rule above
 
 
 class Algorithm:
@@ -57,6 +58,7 @@ class Algorithm:
         self.optimizer_step = p.get("optimizer_step", "per_iteration")
         self.samples_per_step = p.get("samples_per_step", 1)
         self.steps_per_iteration = p.get("steps_per_iteration", 1)
+        self.prompts_per_process = p.get("prompts_per_process", 1)
         self.clip_range = p.get("clip_range")       # null: train.clip_range
 
     @property
@@ -94,6 +96,25 @@ class Algorithm:
             size = g
         return [list(range(start, min(start + size, g))) for start in range(0, g, size)]
 
+    def sample_chunks(self) -> list[dict[int, set[int]]]:
+        """Per optimizer step, the members it covers of the groups in each prompt slot (slot = group
+        index mod prompts_per_process). An official process holds prompts_per_process prompts
+        (train_batch_size) whose samples it lists prompt after prompt; every_n_samples steps after every
+        samples_per_step of that list (DanceGRPO's Qwen-Image script: 2 prompts x 12 samples, a step
+        every 12: two steps, each over one prompt of every process). With one prompt per process
+        this is member_chunks for every group."""
+        p = self.prompts_per_process
+        if self.optimizer_step != "every_n_samples" or p == 1:
+            return [{0: set(chunk)} for chunk in self.member_chunks()]
+        listed = [(slot, m) for slot in range(p) for m in range(self.group_size)]
+        out = []
+        for start in range(0, len(listed), self.samples_per_step):
+            chunk: dict[int, set[int]] = {}
+            for slot, m in listed[start:start + self.samples_per_step]:
+                chunk.setdefault(slot, set()).add(m)
+            out.append(chunk)
+        return out
+
     def update_units(self, groups: list[Group], advantages=None) -> list[list[tuple[int, object]]]:
         """The iteration's training work as optimizer steps: each unit is a list of
         (group index, transition restricted to the unit's members). One optimizer step per unit
@@ -105,10 +126,11 @@ class Algorithm:
             keys = sorted({(tr.i, tr.j) for _, tr in pairs})
             return [[(gi, tr) for gi, tr in pairs if (tr.i, tr.j) == key] for key in keys]
         units = []
-        for chunk in self.member_chunks():
-            chunk_set, unit = set(chunk), []
+        for chunk in self.sample_chunks():
+            unit = []
             for gi, tr in pairs:
-                rows = [r for r, m in enumerate(tr.member_ids()) if m in chunk_set]
+                members = chunk.get(gi % self.prompts_per_process, set())
+                rows = [r for r, m in enumerate(tr.member_ids()) if m in members]
                 if rows:
                     unit.append((gi, tr if len(rows) == len(tr.member_ids()) else tr.select(rows)))
             if unit:

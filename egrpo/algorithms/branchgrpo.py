@@ -20,10 +20,12 @@ recipe, against DanceGRPO's 305); one forward+backward per trained edge (218 per
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import torch
 
+from egrpo import sde
 from egrpo.algorithms.base import Algorithm
 from egrpo.rollout import Group, tree_rollout
 
@@ -41,6 +43,13 @@ class BranchGRPO(Algorithm):
         self.edges_per_step = p["edges_per_step"]
         self.depth_pruning = sorted(p["depth_pruning"])
         self.iterations = cfg["train"]["iterations"]
+        self.advantage = dataclasses.replace(self.advantage, per_group=self.node_advantages)
+
+    def node_advantages(self, group, leaf_rewards: torch.Tensor) -> torch.Tensor:
+        """One advantage per node of the group's tree: node rewards from the leaves, normalized per depth."""
+        tree = group.info["tree"]
+        logps = tree.logps if self.prob_weighted else None
+        return sde.tree_advantages(tree.parents, sde.tree_node_rewards(tree.parents, tree.leaves, leaf_rewards, logps))
 
     def rollout(self, model, cond, prompt_index, generator, iteration):
         x0 = model.initial_noise(1, generator)
@@ -48,7 +57,7 @@ class BranchGRPO(Algorithm):
                                                  set(self.split_points), self.split_noise, self.mean_std)
         seed = int(torch.randint(2**62, (1,), generator=generator, device="cpu"))  # on the CPU: seeds the edge order
         return [Group(prompt_index, {"g1": x0_hat}, transitions,
-                      {"tree": tree, "prob_weighted": self.prob_weighted, "step": iteration + 1, "order_seed": seed})]
+                      {"tree": tree, "step": iteration + 1, "order_seed": seed})]
 
     def nodes_per_step(self) -> list[int]:
         return [2 ** sum(s < i for s in self.split_points) for i in range(self.num_steps)]

@@ -133,6 +133,11 @@ class TrueCFG(Family):
         return self.guidance > 1
 
     @property
+    def uncond_gradient(self) -> bool:
+        """Whether training backpropagates through the unconditional (negative) half (train.cfg_uncond_gradient)."""
+        return self.cfg.get("train", {}).get("cfg_uncond_gradient", True)
+
+    @property
     def evaluations_per_call(self) -> int:
         return 2 if self.cfg_on else 1
 

@@ -11,16 +11,18 @@ import torch
 from egrpo.errors import UserError
 
 
-def add_lora(transformer, rank: int, alpha: float, targets) -> None:
+def add_lora(transformer, rank: int, alpha: float, targets, init: str = "kaiming") -> None:
     """Attach a peft LoRA adapter to the modules of `transformer` whose names end in one of
-    `targets` (the family's list: `Family.lora_targets`)."""
+    `targets` (the family's list: `Family.lora_targets`); `init` (train.lora_init): A kaiming-uniform
+    (peft's default) or gaussian N(0, 1/r); B starts at 0."""
     from peft import LoraConfig
 
     names = [name for name, _ in transformer.named_modules()]
     present = [t for t in targets if any(n == t or n.endswith("." + t) for n in names)]
     if not present:
         raise UserError(f"LoRA: none of the target modules {list(targets)} is in {type(transformer).__name__}")
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=present, init_lora_weights=True))
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=present,
+                                       init_lora_weights="gaussian" if init == "gaussian" else True))
 
 
 def trainable_state_dict(transformer, finetune: str) -> dict[str, torch.Tensor]:

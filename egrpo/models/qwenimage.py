@@ -137,6 +137,8 @@ class QwenImage(TrueCFG):
                   encoder_hidden_states=torch.cat([rows["prompt_embeds"], rows["negative_embeds"]]),
                   img_shapes=[[(1, half, half)]] * (2 * batch), return_dict=False)[0]
         text, negative = out.chunk(2)
+        if not self.uncond_gradient:   # train.cfg_uncond_gradient false: the negative half detached
+            negative = negative.detach()
         combined = negative + self.guidance * (text - negative)
         return combined * (torch.norm(text, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
 

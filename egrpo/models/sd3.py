@@ -4,7 +4,7 @@ Guidance is true classifier-free guidance (`sampling.guidance` = the CFG scale w
 every velocity is v_uncond + w (v_text - v_uncond), the negative prompt (`sampling.negative_prompt`,
 "" in Flow-GRPO) and the prompt evaluated as one batch of 2B, counted as two evaluations per
 sample, in the rollout and in training alike (Flow-GRPO trains with the guided velocity,
-`train.cfg`). Latents are the VAE's [B, C, H/8, W/8] (the transformer patchifies them itself);
+`train.cfg`; the gradient through the unconditional half: `train.cfg_uncond_gradient`). Latents are the VAE's [B, C, H/8, W/8] (the transformer patchifies them itself);
 the timestep is sigma x 1000, not cast by the transformer; the VAE decodes latents / scaling_factor
 + shift_factor. The pipeline's schedule is the scheduler's own spacing, `set_timesteps(N)` with
 its static shift (3.0 for SD3.5), which Flow-GRPO samples with: `sampling.schedule: pipeline`.
@@ -112,6 +112,8 @@ class SD3(TrueCFG):
                   encoder_hidden_states=torch.cat([rows["negative_embeds"], rows["prompt_embeds"]]),
                   pooled_projections=torch.cat([rows["negative_pooled"], rows["pooled"]]), return_dict=False)[0]
         uncond, text = out.chunk(2)
+        if not self.uncond_gradient:   # train.cfg_uncond_gradient false: flow_grpo ac4c86e's detach
+            uncond = uncond.detach()
         return uncond + self.guidance * (text - uncond)
 
     def pipeline_images(self, prompts, latents, num_steps):

@@ -55,7 +55,7 @@ class OldPolicy:
 
 
 class NFTUpdate:
-    def __init__(self, model, algorithm, trainable, processes, accelerator, tcfg: dict):
+    def __init__(self, model, algorithm, trainable, processes, accelerator, tcfg: dict, kl_to_base: bool = False):
         if processes.sharded:
             raise UserError("diffusionnft: train.sharding fsdp is not supported yet (its old policy is an "
                             "unsharded copy of the trained weights); use sharding none")
@@ -64,6 +64,8 @@ class NFTUpdate:
         self.inner_epochs, self.clip_max = tcfg["inner_epochs"], tcfg["adv_clip_max"]
         self.per_forward = tcfg.get("transitions_per_forward", 1)
         self.old = OldPolicy(trainable.params)
+        if kl_to_base and algorithm.kl_beta == 0:
+            log.warning("health.kl_to_base: DiffusionNFT measures its KL to the base only with kl_beta > 0")
 
     def sampling_policy(self):
         """The rollouts sample the old policy."""

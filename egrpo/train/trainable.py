@@ -23,7 +23,7 @@ class Trainable:
         if tcfg["gradient_checkpointing"]:  # recompute block activations in the backward (FLUX scale)
             transformer.enable_gradient_checkpointing()
         if tcfg["finetune"] == "lora":
-            add_lora(transformer, tcfg["lora_rank"], tcfg["lora_alpha"], model.family.lora_targets)
+            add_lora(transformer, tcfg["lora_rank"], tcfg["lora_alpha"], model.family.lora_targets, tcfg["lora_init"])
         else:
             if algorithm.kl_beta > 0 or kl_to_base:  # the reference policy (KL term, health): a frozen copy of the base
                 model.reference = copy.deepcopy(transformer).requires_grad_(False).eval()

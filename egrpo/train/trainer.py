@@ -39,6 +39,7 @@ from egrpo.train.trainable import Trainable
 from egrpo.train.update import PPOUpdate
 
 log = logging.getLogger("egrpo.train")
+UPDATES = {"ppo": PPOUpdate, "nft": NFTUpdate}   # Algorithm.update -> its update phase
 
 
 @dataclass
@@ -73,11 +74,9 @@ class Trainer:
         self.model.round_timesteps = self.algo.timestep_rounding
         kl_to_base = cfg["health"]["kl_to_base"]
         self.trainable = Trainable(self.model, self.algo, self.tcfg, self.processes, kl_to_base)
-        if self.algo.update == "nft":
-            self.update = NFTUpdate(self.model, self.algo, self.trainable, self.processes, self.accelerator, self.tcfg)
-        else:
-            self.update = PPOUpdate(self.model, self.algo, self.trainable, self.processes, self.accelerator,
-                                    self.tcfg, kl_to_base)
+        # the algorithm's update phase: PPO over stored transitions, or DiffusionNFT's loss
+        self.update = UPDATES[self.algo.update](self.model, self.algo, self.trainable, self.processes, self.accelerator,
+                                                self.tcfg, kl_to_base)
         self.sampler = PromptSampler(len(self.prompts), self.tcfg["prompts_per_iteration"], seed,
                                      self.tcfg["prompt_sampling"])
         self.state = RunState()

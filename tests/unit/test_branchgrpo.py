@@ -197,8 +197,7 @@ def test_pruning_keeps_the_edges_the_official_code_keeps(tmp_path, params, step)
     groups, advantages = [], []
     for seed in range(2):   # two trees on the process: best_and_worst ranks over both
         tree, transitions, x0_hat = a_tree(algo, seed)
-        groups.append(Group(seed, {"g1": x0_hat}, transitions, {"tree": tree, "prob_weighted": False,
-                                                                "step": step, "order_seed": 5}))
+        groups.append(Group(seed, {"g1": x0_hat}, transitions, {"tree": tree, "step": step, "order_seed": 5}))
         rewards = torch.rand(len(tree.leaves), generator=torch.Generator().manual_seed(10 + seed))
         advantages.append(sde.tree_advantages(tree.parents, sde.tree_node_rewards(tree.parents, tree.leaves, rewards)))
     ours = sorted((gi, c) for unit in algo.update_units(groups, advantages) for gi, tr in unit for c in tr.member_ids())

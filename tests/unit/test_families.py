@@ -70,6 +70,49 @@ def test_a_batch_gives_what_each_prompt_gives_alone(family, tmp_path):
     torch.testing.assert_close(reversed_batch.flip(0), together, atol=1e-5, rtol=1e-5)
 
 
+
+def test_the_unconditional_half_can_be_detached_in_training(family, tmp_path):
+    """train.cfg_uncond_gradient: true-CFG families backpropagate through the negative prompt's half
+    (flow_grpo upstream) or not (false: flow_grpo ac4c86e's detach); the velocity itself is the same."""
+    name, model_dir = family
+    if name == "flux":
+        pytest.skip("FLUX's guidance is a distilled embedding: no unconditional half")
+    grads, velocities = [], []
+    for keep in (True, False):
+        cfg = family_config(tmp_path, name, train={"cfg_uncond_gradient": keep})
+        model = FlowModel(load_pipeline(cfg, model_dir), cfg)
+        cond = model.encode(PROMPTS[:1])
+        neg = next(k for k in cond.rows if k.startswith("negative") and "mask" not in k and cond.rows[k].is_floating_point())
+        cond.rows[neg] = cond.rows[neg].clone().requires_grad_(True)
+        v = model.velocity(model.initial_noise(1, torch.Generator().manual_seed(2)), 0.6, cond)
+        v.sum().backward()
+        grads.append(cond.rows[neg].grad)
+        velocities.append(v.detach())
+    assert grads[0] is not None and float(grads[0].abs().sum()) > 0
+    assert grads[1] is None or float(grads[1].abs().sum()) == 0
+    torch.testing.assert_close(velocities[0], velocities[1])
+
+
+def test_lora_init_gaussian_is_normal_with_std_one_over_rank():
+    """train.lora_init: gaussian draws A from N(0, 1/r) (Flow-GRPO's and DiffusionNFT's recipes); kaiming is
+    peft's default, uniform with std 1/sqrt(3 fan_in); B starts at 0 either way (the policy starts at the base)."""
+    from diffusers.loaders.peft import PeftAdapterMixin
+
+    from egrpo.models import add_lora
+
+    fan_in, rank, stds = 1024, 8, {}
+    for init in ("kaiming", "gaussian"):
+        torch.manual_seed(0)
+        host = type("Host", (torch.nn.Module, PeftAdapterMixin), {})()   # what add_lora calls add_adapter on
+        host.to_q, host.to_k = torch.nn.Linear(fan_in, 64), torch.nn.Linear(fan_in, 64)
+        add_lora(host, rank, rank, ("to_q", "to_k"), init)
+        a = torch.cat([m.weight.detach().flatten() for n, m in host.named_modules() if n.endswith("lora_A.default")])
+        b = torch.cat([m.weight.detach().flatten() for n, m in host.named_modules() if n.endswith("lora_B.default")])
+        stds[init] = float(a.std())
+        assert float(b.abs().max()) == 0
+    assert stds["gaussian"] == pytest.approx(1 / rank, rel=0.1)
+    assert stds["kaiming"] == pytest.approx(1 / (3 * fan_in) ** 0.5, rel=0.1)
+
 def test_family_comes_from_the_pipeline_and_a_mismatch_is_one_line(family, tmp_path):
     name, model_dir = family
     cfg = family_config(tmp_path, name)
