@@ -120,21 +120,34 @@ def openclip_clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
+# open_clip's SimpleTokenizer pattern (tokenizer.py): its two special-token strings, then the words
+OPENCLIP_PIECES = r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
 def openclip_tokenize(tokenizer, prompts: list[str], context: int) -> torch.Tensor:
     """open_clip's `tokenize` with a transformers CLIP BPE tokenizer (same vocabulary and merges):
     [sot] + BPE(cleaned prompt) + [eot], truncated to `context` with eot last, zero padded.
 
-    The prompt is text, all of it: open_clip knows no special tokens inside a prompt, while
-    transformers matches special-token strings in the text. The laion ViT-H-14 tokenizer pads with
-    "!", so "amazing!!!" would become pad ids instead of the "!!!</w>" token, and a typed
-    "<|endoftext|>" would end the prompt (split_special_tokens=True tokenizes them as text)."""
+    The cleaned prompt is split by open_clip's own pattern, as its SimpleTokenizer does: the typed
+    strings "<start_of_text>" and "<end_of_text>" are its special tokens (open_clip's BPE cache maps
+    them to sot and eot), every other piece is BPE-encoded on its own as text. So transformers'
+    special-token strings are text whatever pre-tokenizer it picks: a typed "<|endoftext|>" is the
+    pieces "<|", "endoftext", "|>", not the end of the prompt, and the laion ViT-H-14 tokenizer's
+    pad "!" does not turn "amazing!!!" into pad ids."""
+    import regex
+
     sot, eot = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pattern = regex.compile(OPENCLIP_PIECES, regex.IGNORECASE)
     out = torch.zeros(len(prompts), context, dtype=torch.long, device="cpu")  # on the CPU: token ids, moved by the scorer
     for i, prompt in enumerate(prompts):
-        # open_clip truncates [sot] + bpe + [eot] to `context` and sets the last to eot: the first
-        # context - 2 BPE tokens survive, which is what truncating the BPE tokens first gives
-        bpe = tokenizer(openclip_clean(prompt), add_special_tokens=False, truncation=True,
-                        max_length=context - 2, split_special_tokens=True)["input_ids"]
-        ids = [sot] + bpe + [eot]
+        bpe = []
+        for piece in pattern.findall(openclip_clean(prompt)):
+            if piece in ("<start_of_text>", "<end_of_text>"):
+                bpe.append(sot if piece == "<start_of_text>" else eot)
+            else:
+                bpe += tokenizer(piece, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        # open_clip truncates [sot] + bpe + [eot] to `context` and sets the last to eot
+        ids = ([sot] + bpe + [eot])[:context]
+        ids[-1] = eot
         out[i, :len(ids)] = torch.tensor(ids, device="cpu")  # on the CPU: token ids
     return out

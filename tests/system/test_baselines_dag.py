@@ -1,4 +1,4 @@
-"""BranchGRPO and DiffusionNFT through the micro DAG beside E-GRPO (tests/data/micro_baselines.yaml):
+"""BranchGRPO and DiffusionNFT through the micro DAG (tests/data/micro_baselines.yaml):
 their train jobs cost what their closed forms say, their policies are evaluated, and the report and
 `egrpo compare` list them like the others."""
 import json
@@ -26,7 +26,7 @@ def test_branchgrpo_and_diffusionnft_run_through_the_dag(tmp_path):
     assert nft["nfe_rollout_total"] == 8 and nft["nfe_train_total"] == 6 and nft["nfe_reference_total"] == 12
     assert nft["forward_equivalents"] == 8 + 3 * 6 + 12
     table = pd.read_csv(res / "report/table.csv")
-    assert {"egrpo", "branchgrpo", "diffusionnft"} <= set(table["algorithm"])
+    assert {"base", "branchgrpo", "diffusionnft"} <= set(table["algorithm"])
     for name in ("branchgrpo", "diffusionnft"):
         assert (res / f"eval/{name}-color-seed0/summary.json").is_file()
     import yaml

@@ -125,6 +125,9 @@ def open_clip_ids(clean_text: str, tokenizer, context: int) -> list[int]:
     vocab = tokenizer.get_vocab()
     ids = [tokenizer.bos_token_id]
     for piece in OPEN_CLIP_SPLIT.findall(clean_text):
+        if piece in ("<start_of_text>", "<end_of_text>"):   # its BPE cache maps them to its special ids
+            ids.append(tokenizer.bos_token_id if piece == "<start_of_text>" else tokenizer.eos_token_id)
+            continue
         chars = [byte_alphabet()[b] for b in piece.encode("utf-8")]
         ids += [vocab[c] for c in chars[:-1]] + [vocab[chars[-1] + "</w>"]]
     ids.append(tokenizer.eos_token_id)
@@ -143,16 +146,27 @@ def test_openclip_tokenize_matches_open_clip_rules_on_dirty_prompts():
         "ＲＥＤ apples": "red apples",
         "it's a dog's life": "it's a dog's life",
         "a very long prompt " * 12: ("a very long prompt " * 12).strip(),   # > 77 tokens
+        "a cat <start_of_text> on <END_OF_TEXT> a mat": "a cat <start_of_text> on <end_of_text> a mat",
     }
     got = preprocess.openclip_tokenize(tokenizer, list(prompts), 77)
     assert got.shape == (len(prompts), 77)
     for row, clean in zip(got, prompts.values()):
         assert row.tolist() == open_clip_ids(clean, tokenizer, 77)
-    long = got[-1]
+    typed = got[-1][got[-1] != 0].tolist()   # open_clip's typed special strings are its sot / eot ids
+    assert typed.count(tokenizer.bos_token_id) == 2 and typed.count(tokenizer.eos_token_id) == 2
+    long = got[-2]
     assert long[0] == tokenizer.bos_token_id and long[-1] == tokenizer.eos_token_id and (long != 0).all()
     # without the cleaning the curly quotes are other bytes: the test above can fail
     raw = tokenizer("“a cat” on a mat", add_special_tokens=False)["input_ids"]
     assert [tokenizer.bos_token_id] + raw + [tokenizer.eos_token_id] != got[0][got[0] != 0].tolist()
+
+
+def _saved(tokenizer) -> str:
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="egrpo-tok-")
+    tokenizer.save_pretrained(path)
+    return path
 
 
 def test_special_token_strings_in_a_prompt_are_text():
@@ -175,3 +189,7 @@ def test_special_token_strings_in_a_prompt_are_text():
     assert got[:len(expected)].tolist() == expected and not got[len(expected):].any()
     default = tokenizer("amazing!!! <|endoftext|> ok", add_special_tokens=False)["input_ids"]
     assert vocab["!!!</w>"] not in default and tokenizer.pad_token_id in default   # what the fix changes
+    from transformers import CLIPTokenizerFast   # the same ids whichever pre-tokenizer transformers uses
+
+    fast = CLIPTokenizerFast.from_pretrained(_saved(tokenizer))
+    assert preprocess.openclip_tokenize(fast, ["amazing!!! <|endoftext|> ok"], 77)[0].tolist() == got.tolist()
