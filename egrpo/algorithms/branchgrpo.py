@@ -43,6 +43,7 @@ class BranchGRPO(Algorithm):
         self.edges_per_step = p["edges_per_step"]
         self.depth_pruning = sorted(p["depth_pruning"])
         self.iterations = cfg["train"]["iterations"]
+        self._per_tree = 1   # trained edges per tree of the last update_units call (the loss scaling)
         self.advantage = dataclasses.replace(self.advantage, per_group=self.node_advantages)
 
     def node_advantages(self, group, leaf_rewards: torch.Tensor) -> torch.Tensor:
