@@ -54,7 +54,8 @@ def merge_plan(sigmas, eta: float, tau: float, max_steps: int | None = None):
 
 def schedule_of(cfg: dict, profile: pd.DataFrame | None):
     """The sigma schedule [N+1] the plan is made on: the model's, as the profile measured it (its
-    sigma and sigma_next columns), else the static closed form (`sampling.schedule: static`)."""
+    sigma and sigma_next columns), else the static closed form (`sampling.schedule: static`, or null
+    on FLUX or a family read from the pipeline itself: the profile is what knows it)."""
     import torch
 
     sampling = cfg["sampling"]
@@ -65,7 +66,8 @@ def schedule_of(cfg: dict, profile: pd.DataFrame | None):
                             "profile again with this config")
         values = list(rows["sigma"]) + [float(rows["sigma_next"].iloc[-1])]
         return torch.tensor(values, dtype=torch.float64, device="cpu")  # on the CPU: the schedule, read as Python floats
-    if sampling.get("schedule", "static") != "static":
+    schedule = sampling.get("schedule") or ("pipeline" if cfg["model"].get("family") in ("sd3", "qwenimage") else None)
+    if schedule == "pipeline":
         raise UserError("threshold: sampling.schedule 'pipeline' takes the model's schedule from the profile; "
                         "give --profile (entropy.csv of `egrpo profile`)")
     return sde.sigma_schedule(sampling["num_steps"], sampling["shift"])

@@ -9,6 +9,7 @@ import torch
 
 from egrpo import sde
 from egrpo.models.base import Conditioning, Family
+from egrpo.models.pipeline import schedule_of_family
 from egrpo.models.registry import family_of
 from egrpo.runtime.device import memory_phase, select_device
 
@@ -33,7 +34,7 @@ class FlowModel:
         self.resolution = resolution or cfg["sampling"]["resolution"]
         self.guidance = cfg["sampling"]["guidance"] if guidance is None else guidance
         self.family: Family = family_of(pipe)(pipe, cfg, self.resolution, self.guidance, self.device)
-        self.schedule = cfg["sampling"].get("schedule", "static")
+        self.schedule = schedule_of_family(cfg, self.family.name)
         self.compute_dtype = getattr(torch, mcfg["dtype"])  # bf16 compute over fp32 master weights
         self.decode_batch_size = mcfg.get("decode_batch_size", 64)
         self.offload_text_encoders = mcfg.get("offload_text_encoders", False)

@@ -35,11 +35,17 @@ def load_pipeline(cfg: dict, model_dir: str | os.PathLike | None = None):
         where = "local directory" if is_local else "Hub id (not found in the local Hub cache)"
         raise UserError(f"model.path: cannot load a {family.pipeline_class} from {where} {source}: "
                         f"{str(e).splitlines()[0]}") from None
-    if cfg["sampling"].get("schedule", "static") == "static":
+    if schedule_of_family(cfg, family.name) == "static":
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
             pipe.scheduler.config, shift=cfg["sampling"]["shift"], use_dynamic_shifting=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def schedule_of_family(cfg: dict, family: str) -> str:
+    """sampling.schedule, or where it is null the family's own: static for FLUX (the official GRPO
+    recipes' closed form), pipeline for SD3 and Qwen-Image (what their diffusers pipelines sample)."""
+    return cfg["sampling"].get("schedule") or ("static" if family == "flux" else "pipeline")
 
 
 def build_pipeline(cfg: dict, texts: list[str], preset: str = "tiny", device=None, dtype=None):

@@ -71,6 +71,24 @@ def test_a_batch_gives_what_each_prompt_gives_alone(family, tmp_path):
 
 
 
+
+def test_the_schedule_left_unset_is_the_familys_own(family, tmp_path):
+    """sampling.schedule null: FLUX samples the official GRPO recipes' static closed form, SD3.5 and
+    Qwen-Image what their own pipelines sample (a recipe that wants another sets it)."""
+    from egrpo import sde
+
+    name, model_dir = family
+    cfg = family_config(tmp_path, name, sampling={"schedule": None})
+    model = FlowModel(load_pipeline(cfg, model_dir), cfg)
+    n = cfg["sampling"]["num_steps"]
+    if name == "flux":
+        assert model.schedule == "static"
+        torch.testing.assert_close(model.sigmas(n), sde.sigma_schedule(n, cfg["sampling"]["shift"]).double())
+    else:
+        assert model.schedule == "pipeline"
+        torch.testing.assert_close(model.sigmas(n), model.family.pipeline_sigmas(n).double())
+        assert float((model.sigmas(n) - sde.sigma_schedule(n, cfg["sampling"]["shift"]).double()).abs().max()) > 1e-4
+
 def test_the_unconditional_half_can_be_detached_in_training(family, tmp_path):
     """train.cfg_uncond_gradient: true-CFG families backpropagate through the negative prompt's half
     (flow_grpo upstream) or not (false: flow_grpo ac4c86e's detach); the velocity itself is the same."""
