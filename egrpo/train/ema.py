@@ -19,6 +19,21 @@ import contextlib
 import torch
 
 
+@contextlib.contextmanager
+def holding(params: list[torch.Tensor], values: list[torch.Tensor]):
+    """Within the block the parameters hold `values` (copied in); their own values come back after."""
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, v in zip(params, values):
+            p.copy_(v)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, b in zip(params, saved):
+                p.copy_(b)
+
+
 class EMA:
     def __init__(self, params: list[torch.Tensor], decay: float, every: int = 1, warmup: bool = False,
                  use_for: tuple[str, ...] = ("heldout", "policy")):
@@ -45,16 +60,8 @@ class EMA:
         if purpose not in self.use_for:
             yield
             return
-        saved = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, s in zip(self.params, self.shadow):
-                p.copy_(s)
-        try:
+        with holding(self.params, self.shadow):
             yield
-        finally:
-            with torch.no_grad():
-                for p, b in zip(self.params, saved):
-                    p.copy_(b)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The shadow tensors, named for the resume state (updated in place on load)."""

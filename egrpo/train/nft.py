@@ -12,13 +12,13 @@ iteration), then the policy's in chunks of `train.transitions_per_forward` rows 
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
 
 from egrpo import sde
 from egrpo.errors import UserError
+from egrpo.train.ema import holding
 from egrpo.train.state import UpdateStats
 
 log = logging.getLogger("egrpo.train")
@@ -31,19 +31,9 @@ class OldPolicy:
         self.params = list(params)
         self.shadow = [p.detach().clone() for p in self.params]
 
-    @contextlib.contextmanager
     def applied(self):
         """Within the block the parameters hold the old policy's weights."""
-        saved = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, s in zip(self.params, self.shadow):
-                p.copy_(s)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, b in zip(self.params, saved):
-                    p.copy_(b)
+        return holding(self.params, self.shadow)
 
     @torch.no_grad()
     def update(self, decay: float) -> None:
@@ -80,18 +70,19 @@ class NFTUpdate:
         return [(m, i) for m in members for i in steps[m]]
 
     def noisy(self, group, rows: list[tuple[int, int]]):
-        """x0, x_t and t of the rows: one noise per (member, step) from the group's seed."""
+        """x0, x_t and t of the rows: the noise of (member m, step i) drawn from its own generator,
+        seeded by the group's seed and (m, i), so it is the same for the old policy's and the policy's
+        forwards and for a resumed run, and only the rows asked for are drawn."""
         x0_all = group.finals["g1"]
-        generator = torch.Generator().manual_seed(group.info["noise_seed"])
-        noise = torch.randn((len(group.info["trained_steps"]), self.algo.num_steps) + tuple(x0_all.shape[1:]),
-                            generator=generator, device="cpu")  # on the CPU: drawn on the CPU for reproducibility, moved below
-        m = torch.tensor([r[0] for r in rows], device="cpu")  # on the CPU: indexes the CPU noise
-        i = torch.tensor([r[1] for r in rows], device="cpu")  # on the CPU: indexes the CPU noise
-        t = self.algo.sigmas.double()[i]
-        x0 = x0_all[m.to(x0_all.device)]
-        e = noise[m, i].to(x0.device)
+        shape = tuple(x0_all.shape[1:])
+        base, n = group.info["noise_seed"], self.algo.num_steps
+        e = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed((base + m * n + i) % 2**63),
+                                     device="cpu") for m, i in rows])  # on the CPU: drawn on the CPU for reproducibility, moved below
+        m = torch.tensor([r[0] for r in rows], device=x0_all.device)
+        t = self.algo.sigmas.double()[torch.tensor([r[1] for r in rows], device="cpu")]  # on the CPU: indexes the schedule
+        x0 = x0_all[m]
         tt = t.view(-1, *([1] * (x0.ndim - 1))).to(x0.device, x0.dtype)
-        return x0, (1 - tt) * x0 + tt * e, t
+        return x0, (1 - tt) * x0 + tt * e.to(x0.device), t
 
     def __call__(self, rollout, advantages: list[torch.Tensor], state) -> UpdateStats:
         stats = UpdateStats()
