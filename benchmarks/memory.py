@@ -1,8 +1,8 @@
 """Peak memory of a training job on the default config against weights + gradients + optimizer.
 
-    python benchmarks/memory.py [--algorithm egrpo] [--iterations 3] [--prompts-per-iteration N]
+    python benchmarks/memory.py [--algorithm egrpo] [--iterations 3] [--prompts-per-iteration N] [--config C]
 
-Runs `egrpo train` on the default config (a few iterations) in a child process and reads its
+Runs `egrpo train` on the default config (or C; a few iterations) in a child process and reads its
 peak RSS; the reference is the bytes of every model weight (transformer, VAE, text encoders) plus
 gradients and two AdamW moments of the trainable parameters. The Python + torch + diffusers
 runtime of a process that only imports them is reported beside it. RESULT = peak RSS / reference.
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--algorithm", default="egrpo")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--prompts-per-iteration", type=int, default=None, help="default: the config's")
+    parser.add_argument("--config", type=Path, default=ROOT / "config/config.yaml", help="default: config/config.yaml")
     args = parser.parse_args()
 
     from egrpo.config import validate
@@ -44,7 +45,7 @@ def main() -> None:
     from egrpo.plan import make_plan
 
     tmp = Path(tempfile.mkdtemp(prefix="egrpo-mem-"))
-    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cfg = yaml.safe_load(args.config.read_text())
     for key in ("train", "eval"):
         cfg["prompts"][key] = str(ROOT / cfg["prompts"][key])
     cfg["train"]["iterations"] = args.iterations

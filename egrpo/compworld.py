@@ -240,10 +240,11 @@ def split(n: int, seed: int, heldout: bool, tasks=TASKS) -> list[CompScene]:
 
 # ---- rendering -------------------------------------------------------------------------------------
 
-def render(scene: CompScene, resolution: int) -> torch.Tensor:
-    """The scene as an image [3, H, W] in [0, 1]."""
+def render(scene: CompScene, resolution: int, scale: float = 1.0) -> torch.Tensor:
+    """The scene as an image [3, H, W] in [0, 1]; scale < 1 shrinks every object about its slot
+    (pretrain.undersized: a defect of the pretraining data, not of the scene)."""
     image = torch.tensor(COLORS[scene.background], device="cpu").view(3, 1, 1).expand(3, resolution, resolution).clone()
-    extent = EXTENT[len(scene.objects)]
+    extent = EXTENT[len(scene.objects)] * scale
     for obj, centre in zip(scene.objects, scene.slots()):
         mask = torch.from_numpy(object_mask(obj.shape, centre, extent, resolution))
         image[:, mask] = torch.tensor(COLORS[obj.color], device="cpu").view(3, 1)

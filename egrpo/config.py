@@ -169,6 +169,9 @@ def _check_semantics(cfg: dict) -> None:
     if "diffusionnft" in cfg["algorithms"] and cfg["train"]["sharding"] != "none":
         raise ConfigError("algorithms: diffusionnft does not train under train.sharding fsdp (its old policy is an "
                           "unsharded copy of the trained weights); set sharding: none (LoRA: config/paper-nft.yaml)")
+    if cfg["pretrain"]["undersized"]["fraction"] > 0 and cfg["pretrain"]["world"] != "compositional":
+        raise ConfigError("pretrain.undersized: shrinks the objects of the compositional world's scenes; "
+                          "set pretrain.world: compositional or undersized.fraction: 0")
     rs = cfg["profile"]["reward_setting"]
     if rs is not None and rs not in cfg["reward_settings"]:
         raise ConfigError(f"profile.reward_setting: {rs!r} is not a key of reward_settings "

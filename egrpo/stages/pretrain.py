@@ -167,11 +167,13 @@ def packed_latents(pipe, images: torch.Tensor, device: torch.device = torch.devi
 def train_transformer(pipe, latents: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
                       caption_scene: torch.Tensor, text_ids: torch.Tensor, img_ids: torch.Tensor,
                       cfg: dict, generator: torch.Generator, device: torch.device = torch.device("cpu"),
-                      captions: list[str] | None = None) -> list[float]:
+                      captions: list[str] | None = None, undersized: torch.Tensor | None = None) -> list[float]:
     """Rectified flow on (scene latent, caption) pairs; returns the losses. Data and random draws
     on the CPU, each batch on `device` (text_ids and img_ids are on `device`). With
     pretrain.train_text_encoders, each batch's captions are encoded anew by the text encoders, which
-    are trained with the transformer (`captions` then names them; `embeds`/`pooled` are unused)."""
+    are trained with the transformer (`captions` then names them; `embeds`/`pooled` are unused).
+    `undersized` (the scenes' latents with shrunk objects) replaces each batch row's latent with
+    probability pretrain.undersized.fraction."""
     pcfg, shift, guidance = cfg["pretrain"], cfg["sampling"]["shift"], cfg["sampling"]["guidance"]
     steps, batch = pcfg["transformer_steps"], pcfg["batch_size"]
     transformer = pipe.transformer
@@ -184,6 +186,9 @@ def train_transformer(pipe, latents: torch.Tensor, embeds: torch.Tensor, pooled:
     for step in bar:
         caption_idx = torch.randint(len(embeds), (batch,), generator=generator, device="cpu")  # on the CPU: indexes the CPU data
         x0 = latents[caption_scene[caption_idx]]
+        if undersized is not None:
+            shrunk = torch.rand(batch, generator=generator, device="cpu") < pcfg["undersized"]["fraction"]
+            x0 = torch.where(shrunk.view(-1, 1, 1), undersized[caption_scene[caption_idx]], x0)
         eps = torch.randn(x0.shape, generator=generator, device="cpu")  # on the CPU: the batch moves as a whole below
         u = torch.rand(batch, generator=generator, device="cpu")  # on the CPU: the batch moves as a whole below
         sigma = shift * u / (1 + (shift - 1) * u)
@@ -201,7 +206,7 @@ def train_transformer(pipe, latents: torch.Tensor, embeds: torch.Tensor, pooled:
         loss = F.mse_loss(v, (eps - x0).to(device))
         losses.append(step_on(loss))
         if step % 100 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
+            bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}", refresh=False)
     trained.eval().requires_grad_(False)
     return losses
 
@@ -254,7 +259,7 @@ def train_tinyclip(model, tokenizer, images: torch.Tensor, scenes: list, pcfg: d
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(value)
         if step % 100 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.3f}")
+            bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.3f}", refresh=False)
     model.eval().requires_grad_(False)
     return losses
 
@@ -327,8 +332,11 @@ def run_pretrain(cfg: dict, out_dir) -> dict:
         text_ids = torch.zeros(embeds.shape[1], 3, device=device)
         hw = res // pipe.vae_scale_factor // 2
         img_ids = pipe._prepare_latent_image_ids(1, hw, hw, device, torch.float32)
+        shrunk = pcfg["undersized"]
+        undersized = (packed_latents(pipe, torch.stack([world.render(s, res, shrunk["scale"]) for s in scenes]), device)
+                      if shrunk["fraction"] > 0 else None)
         flow_losses = train_transformer(pipe, latents, embeds, pooled, caption_scene, text_ids, img_ids, cfg, generator,
-                                        device, captions)
+                                        device, captions, undersized)
 
         clip_model, processor = build_tinyclip(cfg, pipe.tokenizer)
         clip_model.to(device)
@@ -352,7 +360,7 @@ def run_pretrain(cfg: dict, out_dir) -> dict:
                  for name in ("tinyworld", "tinyclip")}
         report = {
             "world": pcfg["world"], "seed": pcfg["seed"], "resolution": res, "scenes": len(scenes),
-            "captions": len(captions),
+            "captions": len(captions), "undersized": dict(pcfg["undersized"]),
             "base_model": score, "tinyclip": clip_check,
             "vae": {"final_loss": _tail(vae_losses), "reconstruction_mse": vae_mse, **latent_stats},
             "transformer": {"final_loss": _tail(flow_losses),

@@ -111,7 +111,8 @@ class Progress(Callback):
         return bar()
 
     def after_iteration(self, trainer, it, row, last):
-        self.bar.set_postfix(reward=f"{row['reward_mean']:.4f}", nfe=row["nfe_total"])
+        # redrawn by update(), at tqdm's mininterval (TQDM_MININTERVAL: 30 s in the DAG's jobs, whose logs are files)
+        self.bar.set_postfix(reward=f"{row['reward_mean']:.4f}", nfe=row["nfe_total"], refresh=False)
         self.bar.update(1)
 
 

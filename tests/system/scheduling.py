@@ -26,7 +26,7 @@ import pytest
 
 MARK = "EGRPO_TEST_RUN"
 # shared artefact -> the test files that use it (built in the background by the xdist controller)
-BACKGROUND = {"micro-dag": ("test_dag.py", "test_faults.py", "test_families_dag.py")}
+BACKGROUND = {"micro-dag": ("test_dag.py", "test_faults.py", "test_families_dag.py", "test_baselines_dag.py")}
 USES_FINISHED_DAG = {"finished_micro_dag", "micro_dag_copy", "workflow"}
 
 

@@ -7,17 +7,17 @@ import sys
 
 import pandas as pd
 import pytest
-from snakemake_runs import copy_workflow
 
 pytestmark = pytest.mark.slow
 
 
-def test_branchgrpo_and_diffusionnft_run_through_the_dag(tmp_path):
-    work = copy_workflow(tmp_path / "wf")
+def test_branchgrpo_and_diffusionnft_run_through_the_dag(micro_dag_copy):
+    work = micro_dag_copy
     run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "tests/data/micro.yaml",
                           "tests/data/micro_baselines.yaml"], cwd=work, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    res = work / "results/micro_baselines"
+    assert "rule build_model" not in run.stdout + run.stderr and "rule profile" not in run.stdout + run.stderr
+    res = work / "results/micro"
     branch = json.loads((res / "train/branchgrpo/color/seed0/metrics.json").read_text())
     nft = json.loads((res / "train/diffusionnft/color/seed0/metrics.json").read_text())
     # a 6-step tree split at 0 and 2: nodes per step 1, 2, 2, 4, 4, 4; edges 2 + 2 + 4 * 4

@@ -66,7 +66,9 @@ def test_recipe_check_tool(tmp_path, tiny_model_dir):
     path.write_text(yaml.safe_dump(cfg))
     out = run("tools/recipe_check.py", "--config", str(path), "--model", str(tiny_model_dir))
     assert out.count("optimizer steps") == 6
-    assert "one tree per prompt: splits at [0, 3, 6, 9]" in out and "16 leaves" in out   # branchgrpo's 20 steps    assert "deterministic dpm2 steps" in out and "optimizer steps 1;" in out   # diffusionnft    assert "shared initial noise: True" in out and "shared initial noise: False" in out  # dancegrpo, flowgrpo
+    assert "one tree per prompt: splits at [0, 3, 6, 9]" in out and "16 leaves" in out   # branchgrpo's 20 steps
+    assert "deterministic dpm2 steps" in out and "optimizer steps 1;" in out   # diffusionnft
+    assert "shared initial noise: True" in out and "shared initial noise: False" in out  # dancegrpo, flowgrpo
     assert "never step 3: True" in out
 
 
@@ -84,8 +86,8 @@ def test_iteration_benchmark_toy():
 
 
 def test_memory_benchmark_one_iteration():
-    """From a fresh clone on the default config, which trains the shipped tiny world."""
-    out = run("benchmarks/memory.py", "--iterations", "1", "--prompts-per-iteration", "1")
+    """From a fresh clone, on the micro config (the default config's run differs only in size)."""
+    out = run("benchmarks/memory.py", "--iterations", "1", "--prompts-per-iteration", "1", "--config", "tests/data/micro.yaml")
     ratio = float(next(l for l in out.splitlines() if l.startswith("RESULT peak_rss_over_state")).split()[-1])
     assert ratio > 1   # a process holds more than its weights, gradients and AdamW moments
 

@@ -111,3 +111,15 @@ def test_per_task_means_accuracy_and_the_held_out_split():
     assert out["split:seen"]["images"] == 4
     assert out["mean_over_tasks"]["judge"] == pytest.approx((0.75 + 1.0 + 1 / 6) / 3)
     assert W.per_task(["a photo of a cat"], scores.iloc[:2].assign(prompt_index=0), ["judge"]) == {}
+
+
+def test_a_shrunk_rendering_keeps_its_slots_and_loses_area():
+    """render(scale=s) (pretrain.undersized) draws every object about the same slot with about s^2
+    of its pixels; the scene itself is unchanged."""
+    scene = W.parse("a purple circle and a blue square on a white background")
+    full, small = (sorted(W.components(W.render(scene, 64, s), scene.background), key=lambda c: c.color)
+                   for s in (1.0, 0.4))
+    assert [c.color for c in full] == [c.color for c in small] == ["blue", "purple"]
+    for a, b in zip(full, small):
+        assert abs(a.centre[0] - b.centre[0]) < 1.5 / 64 and abs(a.centre[1] - b.centre[1]) < 1.5 / 64
+        assert 0.1 < b.area / a.area < 0.22   # 0.4^2 = 0.16, up to the pixel grid

@@ -125,3 +125,31 @@ def test_the_compositional_base_matches_its_config_and_has_headroom():
     report = json.loads((SHIPPED / "compworld/pretrain.json").read_text())
     assert report["world"] == "compositional" and report["resolution"] == cfg["sampling"]["resolution"]
     assert 0.3 <= report["base_model"]["alignment"] <= 0.6 and report["base_model"]["vae_ceiling"] > 0.9
+
+
+def test_undersized_rows_replace_the_scene_latents_at_their_fraction(tmp_path):
+    """pretrain.undersized: with fraction 1 every row of every batch is the shrunk scene's latent
+    (NaN scene latents never reach the loss), with 0 none is (the NaNs do); a world without
+    shrinkable scenes refuses the option in one line."""
+    from egrpo.errors import ConfigError
+    from egrpo.models.pipeline import build_tiny_pipeline
+    from egrpo.stages.pretrain import encode_captions, train_transformer
+
+    cfg = pretrain_cfg(tmp_path)
+    cfg["pretrain"]["transformer_steps"] = 2
+    captions = ["a red circle on a blue background", "two squares on a white background"]
+    pipe = build_tiny_pipeline(cfg, captions)
+    embeds, pooled = encode_captions(pipe, captions, cfg["model"]["max_sequence_length"])
+    hw = cfg["sampling"]["resolution"] // pipe.vae_scale_factor // 2
+    img_ids = pipe._prepare_latent_image_ids(1, hw, hw, "cpu", torch.float32)
+    channels = pipe.transformer.config.in_channels
+    scene_latents = torch.full((2, hw * hw, channels), float("nan"))
+    shrunk = torch.zeros(2, hw * hw, channels)
+    for fraction, finite in ((1.0, True), (0.0, False)):
+        cfg["pretrain"]["undersized"] = {"fraction": fraction, "scale": 0.4}
+        losses = train_transformer(pipe, scene_latents, embeds, pooled, torch.arange(2), torch.zeros(embeds.shape[1], 3),
+                                   img_ids, cfg, torch.Generator().manual_seed(0), undersized=shrunk)
+        assert all(torch.isfinite(torch.tensor(losses))) == finite, (fraction, losses)
+    bad = micro_config(tmp_path, pretrain={"world": "single", "undersized": {"fraction": 0.5}})
+    with pytest.raises(ConfigError, match="pretrain.undersized"):
+        validate(bad)

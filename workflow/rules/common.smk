@@ -11,6 +11,11 @@ from egrpo.config import reward_names, tiny_world_model, write_resolved
 from egrpo.config import validate as egrpo_validate
 from egrpo.errors import ConfigError
 
+# Job logs are files: a progress bar redrawn ten times a second fills them with thousands of lines,
+# and Snakemake prints a failed or interrupted job's whole log (show-failed-logs). In jobs a bar is
+# redrawn at most every 30 s; the train job's status line (stdout, every 30 s) is what the terminal shows.
+os.environ.setdefault("TQDM_MININTERVAL", "30")
+
 # model.source "pretrain": the pretrain rule trains the base model and the tinyclip reward; the
 # reward reads the rule's output unless reward_models.tinyclip names another path.
 if config.get("model", {}).get("source") == "pretrain":
