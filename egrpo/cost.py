@@ -5,7 +5,8 @@ only; unmeasured families and resolutions say so).
 
 Train job: iterations (or the budget of train.max_forward_equivalents, whichever ends first) x the
 calls of one iteration of `train.prompts_per_iteration` prompts; rollout calls cost a forward each,
-training calls a forward + backward, reference (KL) calls a forward. Evaluate job: the eval and
+training calls a forward + backward, reference (KL) calls a forward; the held-out curve's sampling
+(train.heldout) a forward per call, in the GPU-seconds but apart from the budget. Evaluate job: the eval and
 benchmark prompts x images x steps. Profile, threshold, report: small, not counted.
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ class JobCost:
     forward_equivalents: int
     gpu_seconds: float | None
     note: str
+    heldout_calls: int = 0    # the held-out curve's sampling (train.heldout): in gpu_seconds, not in the budget
 
 
 def evaluations_per_call(cfg: dict) -> int:
@@ -96,6 +98,26 @@ def rate(cfg: dict, rates: list[dict], paper_scale: bool = True) -> tuple[dict |
     return scaled, f"{nearest['gpu']}, {how}: {nearest['source']}"
 
 
+def heldout_calls(cfg: dict, iterations: int, per_iteration: int) -> tuple[int, int]:
+    """(points, transformer calls) of a run's held-out curve (train.heldout; egrpo/train/heldout.py):
+    the base, then after every `every`-th iteration, whenever the spent forward-equivalents pass a
+    multiple of `every_forward_equivalents`, and after the last; each point samples num_prompts x
+    images_per_prompt images in sampling.num_steps steps."""
+    h = cfg["train"]["heldout"]
+    if h["every"] is None and h["every_forward_equivalents"] is None:
+        return 0, 0
+    due = {iterations}
+    for i in range(1, iterations + 1):
+        if h["every"] is not None and i % h["every"] == 0:
+            due.add(i)
+        fe = h["every_forward_equivalents"]
+        if fe is not None and i * per_iteration // fe > (i - 1) * per_iteration // fe:
+            due.add(i)
+    points = 1 + len(due)
+    prompts = min(h["num_prompts"], _prompt_count(cfg, "eval")[0])   # the first num_prompts of the eval file
+    return points, points * prompts * h["images_per_prompt"] * cfg["sampling"]["num_steps"] * evaluations_per_call(cfg)
+
+
 def train_cost(cfg: dict, algorithm: str, speed: dict | None) -> JobCost:
     rollout, train, reference = per_prompt_calls(cfg, algorithm)
     prompts = cfg["train"]["prompts_per_iteration"]
@@ -104,10 +126,13 @@ def train_cost(cfg: dict, algorithm: str, speed: dict | None) -> JobCost:
     budget = cfg["train"]["max_forward_equivalents"]
     if budget is not None:
         iterations = min(iterations, math.ceil(budget / per_iteration))
+    points, heldout = heldout_calls(cfg, iterations, per_iteration)
     seconds = None if speed is None else iterations * prompts * (
-        (rollout + reference) * speed["forward_s"] + train * speed["forward_backward_s"])
+        (rollout + reference) * speed["forward_s"] + train * speed["forward_backward_s"]) + heldout * speed["forward_s"]
+    note = (f"held-out curve: {points} points, {heldout:,d} calls ({heldout / (iterations * per_iteration):.1%} "
+            "on top of the budget)") if heldout else ""
     return JobCost(f"train {algorithm}", iterations, iterations * prompts * rollout, iterations * prompts * train,
-                   iterations * prompts * reference, iterations * per_iteration, seconds, "")
+                   iterations * prompts * reference, iterations * per_iteration, seconds, note, heldout)
 
 
 # prompts of the paper's evaluation files (HPDv2 test set, hpsv2's benchmark), used before they are downloaded

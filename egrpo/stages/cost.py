@@ -45,5 +45,5 @@ def run(args, cfg) -> None:
         print(f"{job.job:24s} {count:5d} {job.iterations:10d} {job.forward_equivalents:12,d} {fmt(hours, '10.1f')} "
               f"{gpus:4d} {fmt(wall, '7.1f')} {fmt(runtime and runtime / 60, '9.1f')}  {fits}"
               + (f"  ({job.note})" if job.note else ""))
-    print(f"total: {total:,.0f} GPU-hours (transformer only: decoding, text encoding, rewards and the held-out "
-          "curve come on top)" if total else "total: no GPU-hours (no measured rate for this config)")
+    print(f"total: {total:,.0f} GPU-hours (transformer only, the held-out curve's sampling included: decoding, "
+          "text encoding and rewards come on top)" if total else "total: no GPU-hours (no measured rate for this config)")

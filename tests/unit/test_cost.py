@@ -14,6 +14,7 @@ def test_predicted_forward_equivalents_are_what_a_run_computes(tmp_path, tiny_mo
     from egrpo.stages.train import run_train
 
     cfg = train_cfg(tmp_path, iterations=2)
+    cfg["train"]["heldout"].update(every=1, metrics=["prompt_color"], num_prompts=2, images_per_prompt=1)
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"plan": [{"start": s, "length": k} for s, k in plan_without_profile(cfg)]}))
     metrics = run_train(cfg, algorithm, "color", 0, str(tiny_model_dir), str(plan) if algorithm == "egrpo" else None,
@@ -22,6 +23,20 @@ def test_predicted_forward_equivalents_are_what_a_run_computes(tmp_path, tiny_mo
     assert predicted.iterations == 2
     assert predicted.forward_equivalents == metrics["forward_equivalents"]
     assert predicted.rollout_calls == metrics["nfe_rollout_total"] and predicted.train_calls == metrics["nfe_train_total"]
+    # the held-out curve (base + after each of the 2 iterations), apart from the budget
+    assert predicted.heldout_calls == metrics["nfe_heldout_total"] == 3 * 1 * cfg["sampling"]["num_steps"]   # 1 eval prompt
+
+
+@pytest.mark.parametrize("config", ["paper.yaml", "sd35.yaml", "qwenimage.yaml"])
+def test_paper_configs_hold_out_metrics_they_do_not_train_on(config):
+    """Every paper-scale config draws a held-out curve of its trained reward and of evaluation
+    metrics no reward setting trains on (the health rules read them), and its cost says so."""
+    cfg = load(ROOT / "config" / config)
+    trained = {r for weights in cfg["reward_settings"].values() for r in weights}
+    held = set(cfg["train"]["heldout"]["metrics"])
+    assert trained <= held and held - trained, held
+    jobs, _ = estimate(cfg)
+    assert all(job.heldout_calls > 0 and "held-out curve" in job.note for job, _, _ in jobs if job.job.startswith("train"))
 
 
 def test_paper_config_costs_gpu_hours_and_unmeasured_families_say_so(capsys):
