@@ -550,9 +550,9 @@ def test_batched_transitions_give_the_one_by_one_loss_and_gradients(tmp_path, ti
 
 @pytest.mark.slow
 def test_grpo_raises_the_judge_on_a_prompt_the_base_gets_wrong(tmp_path):
-    """RL learns: E-GRPO (full fine-tuning at the claims' learning rate) on one counting prompt of the
-    compositional world, which the shipped base answers right 2 times in 10, raises the judge of its
-    own rollouts within 30 iterations (measured: 0.18 over the first 10, 0.34 over the last 10)."""
+    """RL learns: E-GRPO (full fine-tuning at 3e-5) on one counting prompt of the compositional world,
+    which the shipped base mostly gets wrong, raises the judge of its own rollouts within 30
+    iterations by more than 0.08 (on base v3, measured: 0.18 over the first 10, 0.34 over the last 10)."""
     from egrpo.config import load
     from egrpo.stages.threshold import run_threshold
 
