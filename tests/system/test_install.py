@@ -47,12 +47,19 @@ def test_a_non_editable_install_runs_help_a_stage_and_installs_a_profile(tmp_pat
 
 
 def test_the_leak_check_names_an_egrpo_process_left_running():
-    from scheduling import MARK, leftover_egrpo_processes
+    import time
+
+    from scheduling import MARK, _marked_processes, leftover_egrpo_processes
 
     mark = uuid.uuid4().hex
     probe = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "egrpo-leak-probe"],
                              env=dict(os.environ, **{MARK: mark}))
     try:
+        # a loaded machine can show the new process's /proc entries a moment late (seen once in CI): wait
+        # until it is visible, so that the check below tests naming it, not the race
+        deadline = time.monotonic() + 10
+        while "egrpo-leak-probe" not in _marked_processes(mark).get(probe.pid, "") and time.monotonic() < deadline:
+            time.sleep(0.1)
         left = leftover_egrpo_processes(mark, grace_s=0.5)
         assert list(left) == [probe.pid] and "egrpo-leak-probe" in left[probe.pid]
     finally:
