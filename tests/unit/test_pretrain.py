@@ -65,7 +65,7 @@ def test_text_encoders_train_with_the_transformer_when_asked(tmp_path):
 
 def test_tinyclip_reward_scores_the_right_caption_higher_after_training(tmp_path):
     """Trained on renderings, tinyclip must prefer the true caption (a real, if small, training run)."""
-    from egrpo.stages.pretrain import build_tinyclip, train_tinyclip
+    from egrpo.pretraining import build_tinyclip, train_tinyclip
     from egrpo.tinyworld import all_scenes
     from egrpo.rewards.clip import CLIPScorer
     from egrpo.models.tokenizers import build_tokenizers
@@ -135,7 +135,7 @@ def test_undersized_rows_replace_the_scene_latents_at_their_fraction(tmp_path):
     shrinkable scenes refuses the option in one line."""
     from egrpo.errors import ConfigError
     from egrpo.models.pipeline import build_tiny_pipeline
-    from egrpo.stages.pretrain import encode_captions, train_transformer
+    from egrpo.pretraining import encode_captions, train_transformer
 
     cfg = pretrain_cfg(tmp_path)
     cfg["pretrain"]["transformer_steps"] = 2
