@@ -2,7 +2,7 @@
 
     python benchmarks/batched_update.py [--algorithms dancegrpo mixgrpo flowgrpo] [--per-forward 64]
 
-On the shipped tiny world (config/config.yaml: its model, reward and sampling), one iteration of
+On the shipped tiny world (config/tinyworld.yaml: its model, reward and sampling), one iteration of
 each algorithm twice from the same state: `train.transitions_per_forward` 1 (the official trainers'
 way) and N. Printed per algorithm: the update's seconds both ways and their ratio (RESULT), and the
 whole iteration's. The loss and gradients are the same (tests/unit/test_train.py checks them).
@@ -35,7 +35,7 @@ def main() -> None:
     for algorithm in args.algorithms:
         seconds = {}
         for per_forward in (1, args.per_forward):
-            cfg = load(ROOT / "config/config.yaml")
+            cfg = load(ROOT / "config/tinyworld.yaml")
             cfg["mlflow"] = {"tracking_uri": f"sqlite:///{tmp}/mlflow.db"}
             cfg["train"].update(transitions_per_forward=per_forward, prompts_per_iteration=2)
             best = None

@@ -1,6 +1,6 @@
 """PPO ratio at the first inner step, float32 against bfloat16 (a GPU check; runs anywhere).
 
-    python benchmarks/bf16_ratio.py [--config config/config.yaml] [--device cuda] [--prompts 4]
+    python benchmarks/bf16_ratio.py [--config config/tinyworld.yaml] [--device cuda] [--prompts 4]
 
 Training recomputes the log-prob of each stored transition and divides by the one stored at
 rollout: before any update the ratio must be 1. In float32 it is, up to ~1e-7 (tests/unit/test_train.py).
@@ -35,7 +35,7 @@ def load_config(path: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument("--config", default="config/tinyworld.yaml")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--algorithms", nargs="+", default=["egrpo", "dancegrpo", "mixgrpo", "flowgrpo"])

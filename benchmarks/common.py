@@ -19,7 +19,7 @@ MEDIUM = {"seed": 0, "text_hidden": 64, "text_layers": 2, "attention_heads": 4, 
 def benchmark_config(tiny: dict | None = None, **sampling) -> dict:
     from egrpo.config import validate
 
-    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "config/tinyworld.yaml").read_text())
     for key in ("train", "eval"):
         cfg["prompts"][key] = str(ROOT / cfg["prompts"][key])
     cfg["model"]["source"] = "tiny"  # random weights of a chosen size (speed does not depend on them)

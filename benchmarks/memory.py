@@ -1,8 +1,8 @@
-"""Peak memory of a training job on the default config against weights + gradients + optimizer.
+"""Peak memory of a training job on the one-object tiny world against weights + gradients + optimizer.
 
     python benchmarks/memory.py [--algorithm egrpo] [--iterations 3] [--prompts-per-iteration N] [--config C]
 
-Runs `egrpo train` on the default config (or C; a few iterations) in a child process and reads its
+Runs `egrpo train` on config/tinyworld.yaml (or C; a few iterations) in a child process and reads its
 peak RSS; the reference is the bytes of every model weight (transformer, VAE, text encoders) plus
 gradients and two AdamW moments of the trainable parameters. The Python + torch + diffusers
 runtime of a process that only imports them is reported beside it. RESULT = peak RSS / reference.
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--algorithm", default="egrpo")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--prompts-per-iteration", type=int, default=None, help="default: the config's")
-    parser.add_argument("--config", type=Path, default=ROOT / "config/config.yaml", help="default: config/config.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "config/tinyworld.yaml", help="default: config/tinyworld.yaml")
     args = parser.parse_args()
 
     from egrpo.config import validate
@@ -57,7 +57,7 @@ def main() -> None:
             settings["path"] = str(ROOT / settings["path"])
     cfg = validate(cfg)
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    # the default config trains the shipped pretrained tiny world; a tiny random model is built otherwise
+    # config/tinyworld.yaml trains the shipped pretrained one-object world; a tiny random model is built otherwise
     model_dir = (ROOT / cfg["model"]["path"] if cfg["model"]["source"] == "pretrained"
                  else run_build_model(cfg, tmp / "model"))
     setting = next(iter(cfg["reward_settings"]))

@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-steps", type=int, default=16)
     parser.add_argument("--group-size", type=int, default=12)
-    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument("--config", default="config/tinyworld.yaml")
     args = parser.parse_args()
 
     from egrpo.config import validate

@@ -3,7 +3,10 @@ by three documented rules with thresholds in the config's `health:` section (doc
 
   hacking      over the last `points` held-out points, the training reward rose by at least
                `reward_rise` while a held-out metric the run does not train on fell by at least
-               `heldout_drop`: the reward no longer means what the held-out metric means.
+               `heldout_drop`: the reward no longer means what the held-out metric means. A run
+               that trains only on exact rewards (a tiny world's rule-based ground truth:
+               `alignment`, `judge`) is never flagged: there is no error of the reward to exploit,
+               and a held-out learned metric that falls then says the metric is wrong.
   lost_signal  the zero-std ratio (share of groups whose rewards do not differ: their advantages are
                all 0) stayed above `zero_std_ratio` for `iterations` consecutive iterations.
   collapse     the trained reward itself fell by at least `drop` from the base (its own held-out
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import math
 
+from egrpo.rewards import is_exact
+
 RULES = ("hacking", "lost_signal", "mismatch", "collapse")
 
 
@@ -29,7 +34,7 @@ def _finite(x) -> bool:
 
 def hacking(rows: list[dict], heldout: list[dict], trained: set[str], rule: dict) -> dict | None:
     n = rule["points"]
-    if len(heldout) < n or n < 2:
+    if len(heldout) < n or n < 2 or (trained and all(is_exact(r) for r in trained)):
         return None
     window = heldout[-n:]
     start, end = window[0]["iteration"], window[-1]["iteration"]

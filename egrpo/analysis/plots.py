@@ -67,9 +67,10 @@ def plot_reward_std(profile: pd.DataFrame, path) -> None:
 def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8, min_size: int = 96,
                       metric: str | None = None) -> None:
     """Rows: base and the first seed of each policy; columns: the same prompts and seeds, each
-    captioned with its prompt. Small images are enlarged (nearest neighbour) to `min_size` px.
-    With `metric`, every image carries its score and every row its mean over the images shown, so
-    that policies whose images look alike still read apart."""
+    captioned with its prompt (`grid_images`: the first image of prompts spread over the evaluation
+    set, so that every kind of prompt shows). Small images are enlarged (nearest neighbour) to
+    `min_size` px. With `metric`, every image carries its score and every row its mean over the
+    images shown, so that policies whose images look alike still read apart."""
     import textwrap
 
     from PIL import Image, ImageDraw
@@ -81,7 +82,7 @@ def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8, min_size
         if kind in seen:
             continue
         seen.add(kind)
-        files = sorted((directory / "images").glob("*.png"))[:max_images]
+        files = grid_images(directory / "images", max_images)
         if files:
             rows.append([Image.open(f).convert("RGB") for f in files])
             labels.append(kind)
@@ -128,6 +129,22 @@ def policy_image_grid(eval_dirs: list[Path], path, max_images: int = 8, min_size
     tmp = Path(path).with_suffix(".tmp.png")
     canvas.save(tmp)
     tmp.replace(path)
+
+
+def grid_images(image_dir: Path, max_images: int) -> list[Path]:
+    """The images a grid row shows (p<prompt>_i<image>.png): with at least `max_images` prompts, the
+    first image of `max_images` prompts evenly spread from the first to the last (an evaluation
+    set's prompts come in blocks, e.g. seen then held-out compositions); with fewer, every image of
+    each prompt in order, up to `max_images`."""
+    files = sorted(Path(image_dir).glob("*.png"))
+    by_prompt: dict[str, list[Path]] = {}
+    for f in files:
+        by_prompt.setdefault(f.stem.partition("_")[0], []).append(f)
+    prompts = sorted(by_prompt)
+    if len(prompts) < max_images or max_images < 2:
+        return files[:max_images]
+    picks = sorted({round(k * (len(prompts) - 1) / (max_images - 1)) for k in range(max_images)})
+    return [by_prompt[prompts[k]][0] for k in picks]
 
 
 def _image_scores(directory: Path, files: list[Path], metric: str | None) -> list[float | None]:

@@ -24,6 +24,14 @@ class RewardSpec:
     original: str = ""   # the package whose scores this reproduces, and its preprocessing (docs/rewards.md)
     precision: str = "float32"  # the original's precision: float32, or amp (fp32 weights, fp16 autocast on CUDA)
     label: str = ""      # its column name in the report's tables (default: the registry name)
+    exact: bool = False  # a rule-based ground truth that scores exactly what the prompt asks: no error to exploit
+
+
+def is_exact(name: str) -> bool:
+    """Whether a reward is a tiny world's exact ground truth (alignment, judge): a run that trains on
+    such rewards only cannot hack them (egrpo/health.py)."""
+    spec = REWARDS.get(name)
+    return bool(spec and spec.exact)
 
 
 def metric_label(name: str) -> str:
@@ -50,11 +58,11 @@ REWARDS: dict[str, RewardSpec] = {
         "minus the JPEG size in kB at quality 95 (DDPO's compressibility)"),
     "alignment": RewardSpec(
         "egrpo.tinyworld:alignment_reward",
-        "tiny world ground truth: colour match of the named shape's region and of the background"),
+        "tiny world ground truth: colour match of the named shape's region and of the background", exact=True),
     "judge": RewardSpec(
         "egrpo.compworld:judge_reward",
         "compositional tiny world ground truth: the share of what the prompt asks (objects, colours, counts, "
-        "relations) that the image shows, read by a rule-based judge (GenEval's tasks in miniature)"),
+        "relations) that the image shows, read by a rule-based judge (GenEval's tasks in miniature)", exact=True),
     "tinyclip": RewardSpec(
         "egrpo.rewards.clip:tinyclip",
         "tiny world learned reward: cosine of a tiny CLIPModel trained contrastively by `egrpo pretrain`",

@@ -1,5 +1,5 @@
-"""The compositional world's DAG on its shipped base (config/compworld.yaml + the micro overlay
-tests/data/micro_comp.yaml): profile, plan, training on the judge and on the learned tinyclip,
+"""The default DAG, the compositional world's, on its shipped base (config/config.yaml + the micro
+overlay tests/data/micro_comp.yaml): profile, plan, training on the judge and on the learned tinyclip,
 evaluation judged per task, and a report whose table states the judge's per-task scores."""
 import json
 import subprocess
@@ -21,7 +21,7 @@ def test_the_compositional_world_runs_end_to_end_and_reports_per_task(tmp_path):
     from helpers import ROOT
 
     shutil.copytree(ROOT / "models", work / "models")
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/compworld.yaml",
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/config.yaml",
                           "tests/data/micro_comp.yaml"], cwd=work, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     res = work / "results/micro_comp"

@@ -218,7 +218,7 @@ def test_default_config_reads_the_shipped_models_as_plain_inputs(tmp_path):
 
     from helpers import ROOT
 
-    if not (ROOT / "models/tinyworld").is_dir():
+    if not (ROOT / "models/compworld").is_dir():
         pytest.skip("shipped weights not present")
     work = copy_workflow(tmp_path / "wf")
     shutil.copytree(ROOT / "models", work / "models")

@@ -9,7 +9,10 @@ from egrpo.errors import ConfigError
 
 def test_shipped_configs_validate_and_fill_defaults(tmp_path):
     cfg = load("config/config.yaml")
-    assert cfg["algorithms"] == ["egrpo", "dancegrpo"] and len(cfg["reward_settings"]) == 2
+    assert cfg["algorithms"] == ["egrpo", "dancegrpo", "mixgrpo"] and list(cfg["reward_settings"]) == ["judge", "tinyclip"]
+    assert cfg["pretrain"]["world"] == "compositional" and cfg["train"]["max_forward_equivalents"] == 31000
+    one = load("config/tinyworld.yaml")
+    assert one["algorithms"] == ["egrpo", "dancegrpo"] and one["pretrain"]["world"] == "single"
     cfg = validate(micro_config(tmp_path))
     assert cfg["threshold"]["max_steps"] is None
     assert cfg["algorithm_params"]["egrpo"]["granular_list"] == [1, 2]

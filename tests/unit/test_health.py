@@ -34,6 +34,10 @@ def test_hacking_is_the_training_reward_up_while_a_held_out_metric_goes_down():
     assert health.hacking(climbing, points([0.6, 0.58, 0.55, 0.5], "tinyclip"), {"tinyclip"}, RULES["hacking"]) is None
     falling = rows([0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])   # both going down: a bad run, not hacking
     assert health.hacking(falling, points([0.60, 0.58, 0.55, 0.50]), {"tinyclip"}, RULES["hacking"]) is None
+    # trained on the exact ground truth alone, a learned held-out metric that falls is that metric's error
+    down = points([0.60, 0.58, 0.55, 0.50], "tinyclip")
+    assert health.hacking(climbing, down, {"judge"}, RULES["hacking"]) is None
+    assert health.hacking(climbing, down, {"judge", "prompt_color"}, RULES["hacking"])["rule"] == "hacking"
 
 
 def test_lost_signal_is_a_run_of_iterations_with_tied_groups():

@@ -110,6 +110,26 @@ def test_the_image_grid_reads_each_images_score(tmp_path):
     assert grid.size[1] > 2 * 96   # two rows of enlarged images under their captions
 
 
+def test_the_image_grid_spreads_its_columns_over_the_prompts(tmp_path):
+    """20 prompts x 2 images, 8 columns: the first image of 8 prompts from the first to the last;
+    2 prompts x 2 images: all 4 in order."""
+    from egrpo.analysis.plots import grid_images
+
+    for p in range(20):
+        for i in range(2):
+            (tmp_path / f"p{p:04d}_i{i}.png").touch()
+    names = [f.name for f in grid_images(tmp_path, 8)]
+    assert len(names) == 8 and all(n.endswith("_i0.png") for n in names)
+    assert names[0] == "p0000_i0.png" and names[-1] == "p0019_i0.png"
+    assert len({n[:5] for n in names}) == 8
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in range(2):
+        for i in range(2):
+            (few / f"p{p:04d}_i{i}.png").touch()
+    assert [f.name for f in grid_images(few, 8)] == ["p0000_i0.png", "p0000_i1.png", "p0001_i0.png", "p0001_i1.png"]
+
+
 def test_the_learned_reward_is_drawn_against_the_truth(tmp_path):
     """reward_vs_truth: each run's held-out change of the reward it trains on and of the ground truth
     from the base, mean over seeds, read at the common budget."""
@@ -133,3 +153,37 @@ def test_the_learned_reward_is_drawn_against_the_truth(tmp_path):
     cfg = {"reward_settings": {"t": {"tinyclip": 1.0}}, "evaluate": {"metrics": ["alignment"]}}
     reward_vs_truth_figure(cfg, paths, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+def test_the_truth_is_the_first_metric_some_setting_does_not_train_on():
+    """The default trains one setting on the judge itself and one on tinyclip: the judge is still the
+    truth tinyclip is drawn against; a metric every setting trains on is none."""
+    from egrpo.stages.report import truth_metric
+
+    both = {"judge": {"judge": 1.0}, "tinyclip": {"tinyclip": 1.0}}
+    assert truth_metric({"reward_settings": both, "evaluate": {"metrics": ["judge"]}}) == "judge"
+    assert truth_metric({"reward_settings": {"t": {"tinyclip": 1.0}}, "evaluate": {"metrics": ["alignment"]}}) == "alignment"
+    assert truth_metric({"reward_settings": {"j": {"judge": 1.0}}, "evaluate": {"metrics": ["judge"]}}) is None
+
+
+def test_the_summary_line_is_the_held_out_verdict_else_the_paired_evaluation():
+    """One seed gives the held-out curve no verdict: the line then reads the evaluation's paired
+    comparisons on the truth (E-GRPO against DanceGRPO, the best policy against the base)."""
+    from egrpo.stages.report import summary_line
+
+    cmp = pd.DataFrame([
+        {"reward_setting": "judge", "metric": "judge", "algorithm": "egrpo", "against": "dancegrpo",
+         "difference": 0.13, "paired_se": 0.05, "verdict": "better"},
+        {"reward_setting": "judge", "metric": "judge", "algorithm": "egrpo", "against": "base",
+         "difference": 0.12, "paired_se": 0.04, "verdict": "better"},
+        {"reward_setting": "judge", "metric": "judge", "algorithm": "mixgrpo", "against": "base",
+         "difference": 0.16, "paired_se": 0.05, "verdict": "better"},
+        {"reward_setting": "judge", "metric": "tinyclip", "algorithm": "egrpo", "against": "dancegrpo",
+         "difference": -0.03, "paired_se": 0.02, "verdict": "within noise"}])
+    unsure = "held-out judge (judge) at equal compute: egrpo 0.37, dancegrpo 0.28; egrpo - dancegrpo: +0.09 (1 common seed(s): no verdict, it takes 3 or more)"
+    line = summary_line(unsure, cmp, "judge")
+    assert line == ("judge (judge), evaluation: egrpo - dancegrpo +0.1300 (paired SE 0.0500): better; "
+                    "best against the base: mixgrpo +0.1600 (paired SE 0.0500): better")
+    decided = "held-out judge (judge) at equal compute: egrpo - dancegrpo: +0.09 (SE 0.02 over 8 seeds): better"
+    assert summary_line(decided + "\nmore", cmp, "judge") == decided
+    assert summary_line(unsure, None, "judge") == unsure and summary_line("", None, None) == "see table.md"

@@ -557,9 +557,11 @@ def test_grpo_raises_the_judge_on_a_prompt_the_base_gets_wrong(tmp_path):
     from egrpo.stages.threshold import run_threshold
 
     (tmp_path / "one.txt").write_text("three triangles on a blue background\n")
-    cfg = load(ROOT / "config/compworld.yaml")
+    cfg = load(ROOT / "config/config.yaml")
     cfg["prompts"]["train"] = str(tmp_path / "one.txt")
-    cfg["train"].update(iterations=30, prompts_per_iteration=1, learning_rate=3e-5, finetune="full", checkpoint_every=100)
+    cfg["algorithm_params"]["egrpo"]["learning_rate"] = None   # train.learning_rate below, not the default's tuned rate
+    cfg["train"].update(iterations=30, prompts_per_iteration=1, learning_rate=3e-5, finetune="full", checkpoint_every=100,
+                        max_forward_equivalents=None)
     cfg["train"]["heldout"].update(every=None, every_forward_equivalents=None)   # no held-out curve: the rollouts tell
     cfg["reward_models"]["tinyclip"]["path"] = str(ROOT / "models/compworld/tinyclip")
     plan = tmp_path / "plan.json"

@@ -91,6 +91,12 @@ wildcard_constraints:
     name=r"base|[A-Za-z0-9_]+-[A-Za-z0-9_]+-seed\d+",
 
 
+def scored_reward_models(setting):
+    """The reward_models entries a train job reads: those of its setting's rewards and held-out metrics."""
+    names = set(config["reward_settings"][setting]) | set(config["train"]["heldout"].get("metrics") or [])
+    return {name: config.get("reward_models", {}).get(name) for name in sorted(names)}
+
+
 def stage_hash(*sections, extra=None):
     """Hash of the config sections a stage reads: a change to them reruns the stage."""
     return config_hash({"sections": {s: config.get(s) for s in sections}, "extra": extra})

@@ -7,8 +7,11 @@ rule train:
         log_csv=f"{RESULTS}/train/{{algorithm}}/{{reward_setting}}/seed{{seed}}/train_log.csv",
         checkpoint=directory(f"{RESULTS}/train/{{algorithm}}/{{reward_setting}}/seed{{seed}}/checkpoint"),
     params:
-        cfg=lambda w: stage_hash("model", "sampling", "train",
-                                 extra=[config["algorithm_params"].get(w.algorithm), config["reward_settings"][w.reward_setting]]),
+        # health: its thresholds give metrics.json its verdict (and train.stop_on its stops); the
+        # reward models of what the run scores (its rewards, its held-out metrics) are part of its rewards
+        cfg=lambda w: stage_hash("model", "sampling", "train", "health",
+                                 extra=[config["algorithm_params"].get(w.algorithm), config["reward_settings"][w.reward_setting],
+                                        scored_reward_models(w.reward_setting)]),
         model=MODEL_DIR,
         plan=lambda w, input: f"--plan {input.plan}" if "plan" in input.keys() else "",
         out=lambda w: train_dir(w.algorithm, w.reward_setting, w.seed),
