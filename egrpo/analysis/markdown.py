@@ -130,8 +130,11 @@ def claims_markdown(result: dict, metric: str) -> str:
     lines = [f"# Claims on the tiny world (held-out metric: `{metric}`)", ""]
     base = result.get("base_model")
     if base:
-        lines += [f"Base model (shipped / pretrained): alignment {base['alignment']:.3f} against chance "
-                  f"{base['chance']:.3f} and the rendering's ceiling {base['ceiling']:.3f}.", ""]
+        # pretrain.json's `alignment` is its world's truth metric (the judge in the compositional world)
+        vae = f", through its VAE {base['vae_ceiling']:.3f}" if base.get("vae_ceiling") is not None else ""
+        lines += [f"Base model (shipped / pretrained): {metric} {base['alignment']:.3f}, against chance "
+                  f"{base['chance']:.3f} (its images scored under shuffled captions) and the rendering's "
+                  f"ceiling {base['ceiling']:.3f}{vae}.", ""]
     lines += ["| claim | measured | threshold | verdict |", "|---|---|---|---|"]
     s = result["spread_falls_with_step"]
     lines.append(f"| measured spread falls with the step | rho(step, reward std) = {s['rho_step_reward_std']:.2f}, "

@@ -107,13 +107,18 @@ def test_run_claims_writes_every_output(tmp_path):
                   "latent_variance": [4, 3, 2, 1]}).to_csv(tmp_path / "entropy.csv", index=False)
     pd.DataFrame({"step": [0], "length": [2], "entropy": [1.0], "reward_std": [0.4],
                   "latent_variance": [5]}).to_csv(tmp_path / "merged.csv", index=False)
-    result = run_claims(cfg, tmp_path / "entropy.csv", tmp_path / "merged.csv", paths, None, tmp_path / "out")
+    (tmp_path / "pretrain.json").write_text(json.dumps({"base_model": {"alignment": 0.3, "chance": 0.29, "ceiling": 1.0,
+                                                                       "vae_ceiling": 0.98}}))
+    result = run_claims(cfg, tmp_path / "entropy.csv", tmp_path / "merged.csv", paths, tmp_path / "pretrain.json",
+                        tmp_path / "out")
     for name in ("claims.json", "claims.md", "claims.png", "heldout_curves.csv"):
         assert (tmp_path / "out" / name).is_file()
     saved = json.loads((tmp_path / "out/claims.json").read_text())
     assert saved["nfe_fraction_to_match_dancegrpo"]["mean"] == pytest.approx(1 / 3)  # 0.4 reached at 100/3
     md = (tmp_path / "out/claims.md").read_text()
     assert "nfe_fraction_to_match_dancegrpo" in md and "nothing tuned" in md
+    assert ("Base model (shipped / pretrained): alignment 0.300, against chance 0.290 (its images scored under "
+            "shuffled captions) and the rendering's ceiling 1.000, through its VAE 0.980.") in md
     headline = next(line for line in md.splitlines() if line.startswith("| nfe_fraction_to_match_dancegrpo"))
     assert "0.33" in headline and headline.rstrip(" |").endswith("held")
     assert result["merged_steps_raise_spread"]["held"] is True
