@@ -12,6 +12,9 @@ by three documented rules with thresholds in the config's `health:` section (doc
   collapse     the trained reward itself fell by at least `drop` from the base (its own held-out
                curve where it is measured, else the training reward's first and last `rows` rows)
                while no held-out metric rose: the run is getting worse at everything.
+  reward_falls the same fall of the trained reward's own held-out curve while some other held-out
+               metric rose: the run moves the policy somewhere its reward does not ask (a rate too
+               high for the reward, or a reward the policy cannot climb); `collapse`'s thresholds.
   mismatch     before the first optimizer step the policy is the rollout's, so every PPO ratio is 1
                up to rounding; a mean |ratio - 1| above `ratio_dev` in any iteration means the replay
                does not compute what the rollout computed (precision, a different model, a bug).
@@ -25,7 +28,7 @@ import math
 
 from egrpo.rewards import is_exact
 
-RULES = ("hacking", "lost_signal", "mismatch", "collapse")
+RULES = ("hacking", "lost_signal", "mismatch", "collapse", "reward_falls")
 
 
 def _finite(x) -> bool:
@@ -98,10 +101,15 @@ def collapse(rows: list[dict], heldout: list[dict], trained: set[str], rule: dic
         return None
     others = {k: heldout[-1][k] - heldout[0][k] for k in (heldout[0] if heldout else {})
               if k.startswith("heldout_") and k not in own and _finite(heldout[0].get(k)) and _finite(heldout[-1].get(k))}
-    if any(change > 0 for change in others.values()):
-        return None
     also = "".join(f", held-out {k.removeprefix('heldout_')} {v:+.3g}" for k, v in others.items())
-    return {"rule": "collapse", "iteration": rows[-1]["iteration"] if rows else 0,
+    iteration = rows[-1]["iteration"] if rows else 0
+    if any(change > 0 for change in others.values()):
+        if not own:   # the rollouts' reward mixes prompts: only its own held-out curve says it fell
+            return None
+        return {"rule": "reward_falls", "iteration": iteration,
+                "line": f"the trained reward falls: {what} {-drop:+.3g} from the base ({first:.3g} -> {last:.3g}){also}: "
+                        "the run does not climb the reward it trains on (learning rate too high?)"}
+    return {"rule": "collapse", "iteration": iteration,
             "line": f"collapse: {what} {-drop:+.3g} from the base ({first:.3g} -> {last:.3g}){also}: "
                     "the run is getting worse at everything (learning rate too high?)"}
 

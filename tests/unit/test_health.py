@@ -58,7 +58,11 @@ def test_collapse_is_the_trained_reward_down_with_nothing_up():
     flag = health.collapse(rows([0.5] * 6), curve, {"tinyclip"}, RULES["collapse"])
     assert flag["line"].startswith("collapse: held-out tinyclip -0.26 from the base (0.4 -> 0.14), held-out alignment -0.28")
     rising = [dict(p, heldout_alignment=0.58 + 0.01 * k) for k, p in enumerate(curve)]   # the truth rose: not collapse
-    assert health.collapse(rows([0.5] * 6), rising, {"tinyclip"}, RULES["collapse"]) is None
+    falls = health.collapse(rows([0.5] * 6), rising, {"tinyclip"}, RULES["collapse"])
+    assert falls["rule"] == "reward_falls" and falls["line"].startswith(
+        "the trained reward falls: held-out tinyclip -0.26 from the base (0.4 -> 0.14), held-out alignment +0.02")
+    climbing = [dict(p, heldout_tinyclip=0.40 + 0.1 * k) for k, p in enumerate(rising)]
+    assert health.collapse(rows([0.5] * 6), climbing, {"tinyclip"}, RULES["collapse"]) is None
     # without a held-out curve of the trained reward: the training reward's first and last 3 rows
     assert health.collapse(rows([0.6, 0.6, 0.6, 0.3, 0.3, 0.3]), [], {"c"}, RULES["collapse"])["rule"] == "collapse"
     assert health.collapse(rows([0.6, 0.6, 0.6, 0.55, 0.55, 0.55]), [], {"c"}, RULES["collapse"]) is None
@@ -189,3 +193,26 @@ def test_kl_to_the_base_is_zero_before_the_first_step_and_costs_nothing_of_the_b
     assert metrics["nfe_health_total"] > 0
     assert metrics["forward_equivalents"] == plain["forward_equivalents"]
     assert log["reward_mean"].tolist() == plain_log["reward_mean"].tolist()
+
+
+def test_a_real_run_whose_trained_reward_falls_while_the_truth_rises_is_flagged():
+    """Full fine-tuning of the compositional base on tinyclip at 1e-3 (tests/data/health/, 2026-12-06):
+    MixGRPO's held-out tinyclip fell 0.383 -> 0.176 while the judge rose 0.309 -> 0.420; no hacking
+    (the trained reward fell), no collapse (the truth rose): before `reward_falls` it read healthy.
+    E-GRPO at the same rate fell on both (tinyclip 0.383 -> 0.084, judge -0.010): collapse. The
+    thresholds are those of the config the runs came from (config/config.yaml: hacking sized to the
+    noise of one seed's held-out curve)."""
+    import json
+
+    from helpers import ROOT
+
+    from egrpo.config import load
+
+    defaults = load(ROOT / "config/config.yaml")["health"]
+    runs = json.loads((ROOT / "tests/data/health/tinyclip_lr1e-3_compworld.json").read_text())
+    mix = health.assess(runs["mixgrpo"]["rows"], runs["mixgrpo"]["heldout"], ["tinyclip"], defaults)
+    assert [f["rule"] for f in mix["flags"]] == ["reward_falls"], mix
+    assert mix["flags"][0]["line"].startswith("the trained reward falls: held-out tinyclip -0.207 from the base")
+    assert "held-out judge +0.111" in mix["flags"][0]["line"]
+    egrpo = health.assess(runs["egrpo"]["rows"], runs["egrpo"]["heldout"], ["tinyclip"], defaults)
+    assert [f["rule"] for f in egrpo["flags"]] == ["collapse"], egrpo
