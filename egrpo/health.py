@@ -1,9 +1,10 @@
 """Whether a train run is healthy, judged from what it logs (train_log.csv rows and its held-out curve)
 by three documented rules with thresholds in the config's `health:` section (docs/health.md):
 
-  hacking      over the last `points` held-out points, the training reward rose by at least
-               `reward_rise` while a held-out metric the run does not train on fell by at least
-               `heldout_drop`: the reward no longer means what the held-out metric means. A run
+  hacking      over the last `points` held-out points (or, where the trained reward's own held-out
+               curve is measured, over the whole curve from the base), the training reward rose by
+               at least `reward_rise` while a held-out metric the run does not train on fell by at
+               least `heldout_drop`: the reward no longer means what the held-out metric means. A run
                that trains only on exact rewards (a tiny world's rule-based ground truth:
                `alignment`, `judge`) is never flagged: there is no error of the reward to exploit,
                and a held-out learned metric that falls then says the metric is wrong.
@@ -39,7 +40,20 @@ def hacking(rows: list[dict], heldout: list[dict], trained: set[str], rule: dict
     n = rule["points"]
     if len(heldout) < n or n < 2 or (trained and all(is_exact(r) for r in trained)):
         return None
-    window = heldout[-n:]
+    # the last n points, then (where the trained reward's own held-out curve is measured) the whole
+    # curve from the base: a slow drift that no n points show (a reward gamed over the whole run)
+    windows = [(heldout[-n:], f"over the last {n} points")]
+    if len(heldout) > n:
+        windows.append((heldout, "since the base"))
+    for window, span in windows:
+        flag = _hacking_in(window, span, rows, trained, rule, rollouts=span != "since the base")
+        if flag:
+            return flag
+    return None
+
+
+def _hacking_in(window: list[dict], span: str, rows: list[dict], trained: set[str], rule: dict,
+                rollouts: bool) -> dict | None:
     start, end = window[0]["iteration"], window[-1]["iteration"]
 
     def reward_at(iteration: int) -> float | None:   # the training reward around an iteration (mean of up to 3 rows)
@@ -49,8 +63,10 @@ def hacking(rows: list[dict], heldout: list[dict], trained: set[str], rule: dict
     own = [f"heldout_{r}" for r in sorted(trained) if all(_finite(p.get(f"heldout_{r}")) for p in window)]
     if own:   # the trained reward on the held-out prompts: far less noisy than the rollouts' rewards
         before, after = (sum(p[k] for k in own) / len(own) for p in (window[0], window[-1]))
-    else:
+    elif rollouts:
         before, after = reward_at(max(start, 1)), reward_at(end)
+    else:
+        return None
     if before is None or after is None:
         return None
     rise = after - before
@@ -65,7 +81,7 @@ def hacking(rows: list[dict], heldout: list[dict], trained: set[str], rule: dict
         if rise >= rule["reward_rise"] and drop >= rule["heldout_drop"]:
             return {"rule": "hacking", "iteration": start,
                     "line": f"reward hacking suspected from iteration {start}: training reward {rise:+.3g} while "
-                            f"held-out {metric} {-drop:+.3g} over the last {n} points"}
+                            f"held-out {metric} {-drop:+.3g} {span}"}
     return None
 
 

@@ -216,3 +216,28 @@ def test_a_real_run_whose_trained_reward_falls_while_the_truth_rises_is_flagged(
     assert "held-out judge +0.111" in mix["flags"][0]["line"]
     egrpo = health.assess(runs["egrpo"]["rows"], runs["egrpo"]["heldout"], ["tinyclip"], defaults)
     assert [f["rule"] for f in egrpo["flags"]] == ["collapse"], egrpo
+
+
+def test_a_real_run_that_games_its_reward_is_flagged_as_hacking():
+    """Full fine-tuning of the compositional base on prompt_color, a rule-based proxy (the share of
+    pixels of each colour the prompt names), at 3e-4 (tests/data/health/, 2026-12-06): MixGRPO's
+    held-out prompt_color rose 0.516 -> 0.552 while the judge fell 0.309 -> 0.122, slowly: no window
+    of 3 points shows it at the default config's thresholds, the curve from the base does. DanceGRPO's
+    prompt_color stayed level (+0.005): its falling judge is no reward gamed."""
+    import json
+
+    from helpers import ROOT
+
+    from egrpo.config import load
+
+    defaults = load(ROOT / "config/config.yaml")["health"]
+    runs = json.loads((ROOT / "tests/data/health/prompt_color_compworld.json").read_text())
+    mix = health.assess(runs["mixgrpo"]["rows"], runs["mixgrpo"]["heldout"], ["prompt_color"], defaults)
+    assert [f["rule"] for f in mix["flags"]] == ["hacking"], mix
+    assert mix["flags"][0]["line"] == ("reward hacking suspected from iteration 0: training reward +0.036 while "
+                                       "held-out judge -0.187 since the base")
+    last_window_only = health._hacking_in(runs["mixgrpo"]["heldout"][-3:], "over the last 3 points",
+                                          runs["mixgrpo"]["rows"], {"prompt_color"}, defaults["hacking"], rollouts=True)
+    assert last_window_only is None
+    dance = health.assess(runs["dancegrpo"]["rows"], runs["dancegrpo"]["heldout"], ["prompt_color"], defaults)
+    assert dance["verdict"] == "healthy", dance
