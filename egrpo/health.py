@@ -42,11 +42,11 @@ def hacking(rows: list[dict], heldout: list[dict], trained: set[str], rule: dict
         return None
     # the last n points, then (where the trained reward's own held-out curve is measured) the whole
     # curve from the base: a slow drift that no n points show (a reward gamed over the whole run)
-    windows = [(heldout[-n:], f"over the last {n} points")]
-    if len(heldout) > n:
-        windows.append((heldout, "since the base"))
-    for window, span in windows:
-        flag = _hacking_in(window, span, rows, trained, rule, rollouts=span != "since the base")
+    windows = [(heldout[-n:], f"over the last {n} points", True)]
+    if len(heldout) > n:   # from the base only on the held-out curve: the rollouts' first rows mix other prompts
+        windows.append((heldout, "since the base", False))
+    for window, span, rollouts in windows:
+        flag = _hacking_in(window, span, rows, trained, rule, rollouts)
         if flag:
             return flag
     return None
